@@ -1,0 +1,149 @@
+"""Completion log-probs straight from the last hidden states (SPEC §6).
+
+The [tokens × vocab] logits are the largest tensor of preference training. Here they are
+never held whole: only the hidden states at positions that predict a completion token
+are gathered, and their log-probs are computed chunk by chunk against the output
+embedding. The backward pass recomputes each chunk's logits instead of storing them, so
+peak extra memory is one [chunk × vocab] block whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prefero.batching import PackedBatch
+
+
+class _ChunkedTokenLogProbs(torch.autograd.Function):
+    """log softmax(h W^T)[target] per row, chunked, recomputing logits in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        w = weight.to(hidden.dtype)
+        for s in range(0, hidden.shape[0], chunk_size):
+            logits = (hidden[s : s + chunk_size] @ w.T).float()
+            tgt = targets[s : s + chunk_size, None]
+            out[s : s + chunk_size] = logits.gather(1, tgt).squeeze(1) - logits.logsumexp(-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, targets = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        c = ctx.chunk_size
+        for s in range(0, hidden.shape[0], c):
+            h = hidden[s : s + c]
+            logits = (h @ w.T).float()
+            # d/dlogits of log p[target] = onehot(target) − softmax(logits)
+            g = torch.softmax(logits, dim=-1).mul_(-grad_out[s : s + c, None])
+            g.scatter_add_(1, targets[s : s + c, None], grad_out[s : s + c, None])
+            g = g.to(hidden.dtype)
+            if grad_h is not None:
+                grad_h[s : s + c] = g @ w
+            if grad_w is not None:
+                grad_w.addmm_(g.T.float(), h.float())
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None
+
+
+def token_logprobs(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 1024,
+                   softcap: float | None = None, logit_scale: float | None = None) -> Tensor:
+    """log π(target | hidden) for each row of `hidden` ([N, H]) without full logits.
+
+    A plain bias-free Linear head takes the fused chunked path; any other head (bias,
+    logit soft-capping, scaling) runs chunk by chunk under activation checkpointing,
+    which has the same memory profile at some extra cost.
+    """
+    device_type = hidden.device.type
+    plain = isinstance(head, nn.Linear) and head.bias is None and not softcap and not logit_scale
+    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
+        if plain:
+            return _ChunkedTokenLogProbs.apply(hidden, head.weight, targets, chunk_size)
+        parts = []
+        for s in range(0, hidden.shape[0], chunk_size):
+            parts.append(torch.utils.checkpoint.checkpoint(
+                _head_logprobs, hidden[s : s + chunk_size], targets[s : s + chunk_size], head,
+                softcap, logit_scale, use_reentrant=False,
+            ))
+        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _head_logprobs(h, tgt, head, softcap, logit_scale):
+    logits = head(h).float()
+    if logit_scale:
+        logits = logits * logit_scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(1, tgt[:, None]).squeeze(1) - logits.logsumexp(-1)
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM under DDP/FSDP/PEFT wrappers."""
+    m = model
+    while True:
+        if hasattr(m, "module") and isinstance(m.module, nn.Module):  # DDP
+            m = m.module
+        elif hasattr(m, "get_base_model") and callable(m.get_base_model):  # PEFT
+            m = m.get_base_model()
+        else:
+            return m
+
+
+class CompletionLogProbs(nn.Module):
+    """Wraps a causal LM; forward(batch) gives the summed log-prob of each completion.
+
+    It is a Module of its own so that DDP/FSDP wrap it and see every parameter used.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: PackedBatch) -> tuple[Tensor, Tensor]:
+        """Returns (sums [S] float32, token log-probs [N] float32)."""
+        lm = unwrap_causal_lm(self.model)
+        backbone = getattr(lm, lm.base_model_prefix)
+        hidden = backbone(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=batch.dense_mask(),
+            use_cache=False,
+        ).last_hidden_state[0]
+        config = lm.config
+        logps = token_logprobs(
+            hidden[batch.source_index], lm.get_output_embeddings(), batch.targets, self.chunk_size,
+            softcap=getattr(config, "final_logit_softcapping", None),
+            logit_scale=getattr(config, "logit_scale", None),
+        )
+        sums = torch.zeros(batch.num_sequences, dtype=torch.float32, device=logps.device)
+        sums = sums.index_add(0, batch.sequence_index, logps)
+        return sums, logps
+
+
+def padded_completion_logps(model: nn.Module, prompts, completions, pad_id: int = 0) -> Tensor:
+    """The plain computation: right-padded [prompt, completion] rows, full logits, sum over
+    completion tokens. The reference every optimised layout is tested against."""
+    rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    width = max(len(r) for r in rows)
+    device = next(model.parameters()).device
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    labels_mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    for i, (p, r) in enumerate(zip(prompts, rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        labels_mask[i, len(p) : len(r)] = True
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
+    logp = F.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+    return (logp * labels_mask[:, 1:]).sum(-1)
