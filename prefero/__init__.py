@@ -1,0 +1,3 @@
+"""prefero: preference optimization for causal language models."""
+
+__version__ = "0.1.0"

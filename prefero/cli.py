@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     if args.command is None:
         parser.print_help()
         return 0
@@ -75,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bar is the one to watch; hide the per-file loading bars."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _train(args) -> int:

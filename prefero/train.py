@@ -286,7 +286,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        (self.out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         history = {}
         if self.eval_ds is not None:
             history["eval_start"] = self.evaluate()

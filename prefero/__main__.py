@@ -1,0 +1,5 @@
+import sys
+
+from prefero.cli import main
+
+sys.exit(main())
