@@ -84,6 +84,8 @@ class TrainConfig:
     # logging and saving
     eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)")
     save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)")
+    keep_last: int = _f(0, "keep only the newest N checkpoints (0 = keep all)")
+    resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
     logging_steps: int = _f(1, "print a metrics line every N steps")
     lora: LoraConfig | None = _f(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
 
@@ -104,7 +106,7 @@ class TrainConfig:
         for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length", "logprob_chunk_size"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ["max_steps", "eval_steps", "save_steps", "max_bad_steps"]:
+        for name in ["max_steps", "eval_steps", "save_steps", "keep_last", "max_bad_steps"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps == 0 and self.epochs <= 0:

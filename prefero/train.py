@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from prefero.batching import pack_groups
+from prefero.checkpoint import load_latest, save_checkpoint
 from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
@@ -159,7 +161,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
         self.device = self.accelerator.device
-        _prepare_output_dir(self.out, cfg.overwrite)
+        _prepare_output_dir(self.out, cfg.overwrite, cfg.resume)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
@@ -195,9 +197,35 @@ class Trainer:
             optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
-        self.engine, self.optimizer, self.scheduler = self.accelerator.prepare(engine, optimizer, scheduler)
+        # the scheduler stays unprepared: accelerate would step it once per process
+        self.scheduler = scheduler
+        self.engine, self.optimizer = self.accelerator.prepare(engine, optimizer)
         self.step = 0
         self.bad_steps = 0
+        if cfg.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        loop = load_latest(self.out / "checkpoints", self.model, self.optimizer, self.scheduler,
+                           self.accelerator.process_index)
+        if loop is None:
+            if self.accelerator.is_main_process:
+                print(f"no complete checkpoint in {self.out / 'checkpoints'}; starting from step 0")
+            _truncate_metrics(self.out / "metrics.jsonl", 0, keep_step_zero_eval=False)
+            return
+        self.step, self.bad_steps = loop["step"], loop["bad_steps"]
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            print(f"resumed from step {self.step}")
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        save_checkpoint(
+            self.out / "checkpoints", self.step, acc.unwrap_model(self.engine).model, self.optimizer,
+            self.scheduler, {"step": self.step, "bad_steps": self.bad_steps},
+            keep_last=self.cfg.keep_last, process_index=acc.process_index,
+            is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
+        )
 
     def _compute_reference(self) -> None:
         """Score every completion once under the reference, then free it."""
@@ -253,12 +281,15 @@ class Trainer:
         if not finite:
             metrics["skipped"] = True
         self.step += 1
-        if self.bad_steps > cfg.max_bad_steps:
+        return metrics
+
+    def _check_bad_steps(self) -> None:
+        if self.cfg.max_bad_steps and self.bad_steps >= self.cfg.max_bad_steps:
             raise TrainingError(
                 f"{self.bad_steps} consecutive steps had a non-finite loss or gradient norm "
-                f"(last at step {self.step}); stopping. Lower learning_rate or check the data."
+                f"(last at step {self.step}); stopping with the last good checkpoint intact. "
+                "Lower learning_rate or check the data."
             )
-        return metrics
 
     def _clip(self) -> float:
         params = [p for p in self.engine.parameters() if p.requires_grad]
@@ -288,19 +319,23 @@ class Trainer:
         cfg = self.cfg
         (self.out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         history = {}
-        if self.eval_ds is not None:
+        if self.eval_ds is not None and self.step == 0:
             history["eval_start"] = self.evaluate()
             self.log(history["eval_start"], "eval")
-        bar = tqdm(total=self.total_steps, desc=f"{cfg.loss}", disable=not self.accelerator.is_main_process,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.loss}",
+                   disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        metrics = {}
         while self.step < self.total_steps:
             metrics = self.train_step()
             self.log(metrics)
+            self._check_bad_steps()
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens/s']:.0f}")
             if self.eval_ds is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0 \
                     and self.step < self.total_steps:
                 self.log(self.evaluate(), "eval")
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
         bar.close()
         history["train_last"] = metrics
         if self.eval_ds is not None:
@@ -321,12 +356,29 @@ def _loss_hparams(cfg: TrainConfig) -> dict:
     return {k: getattr(cfg, k) for k in get_loss(cfg.loss).hyperparameters() if hasattr(cfg, k)}
 
 
-def _prepare_output_dir(out: Path, overwrite: bool) -> None:
+def _truncate_metrics(path: Path, step: int, keep_step_zero_eval: bool = True) -> None:
+    """Drop rows a killed run logged after its last checkpoint, so the file reads as one run."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if json.loads(r)["step"] <= step]
+    if not keep_step_zero_eval:
+        keep = []
+    path.write_text("".join(r + "\n" for r in keep))
+
+
+def _prepare_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+        return
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir {out} is not empty; pass overwrite=true or choose another directory")
+        raise ConfigError(
+            f"output_dir {out} is not empty; pass overwrite=true, resume=true, or choose another directory"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
+    if overwrite:  # a fresh run: earlier metrics and checkpoints would be mistaken for its own
         (out / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 class _nullcontext:
