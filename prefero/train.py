@@ -111,42 +111,39 @@ def loss_stats(spec: LossSpec, ds: Dataset, idx: list[int], sums: Tensor, length
     return stats, lengths
 
 
-def summarize(spec: LossSpec, rows: list[dict]) -> dict:
-    """Step or eval metrics (SPEC §2) from per-example records."""
-    cat = lambda k: torch.cat([r[k] for r in rows if r.get(k) is not None])  # noqa: E731
-    loss = cat("loss")
-    out = {"loss": loss.mean().item()}
-    if spec.data == "paired":
-        s = [r["stats"] for r in rows]
-        lw = torch.cat([x.chosen_logps for x in s]).detach().float()
-        ll = torch.cat([x.rejected_logps for x in s]).detach().float()
-        nw = torch.cat([x.chosen_lengths for x in s]).float()
-        nl = torch.cat([x.rejected_lengths for x in s]).float()
+def summarize(spec: LossSpec, rows: list[dict], gather=lambda t: t) -> dict:
+    """Step or eval metrics (SPEC §2) from per-example tensors, gathered over processes."""
+
+    def cat(key):
+        parts = [r[key] for r in rows if r.get(key) is not None]
+        return gather(torch.cat(parts).detach().float()) if parts else None
+
+    out = {"loss": cat("loss").mean().item()}
+    lw, ll, nw, nl = cat("chosen_logps"), cat("rejected_logps"), cat("chosen_lengths"), cat("rejected_lengths")
+    rw, rl = cat("chosen_rewards"), cat("rejected_rewards")
+    if spec.data == "unpaired":
+        labels = cat("labels").bool()
+        if labels.any():
+            out["rewards/chosen"] = rw[labels].mean().item()
+        if (~labels).any():
+            out["rewards/rejected"] = rw[~labels].mean().item()
+        if labels.any() and (~labels).any():
+            out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+        return out
+    out.update({"logps/chosen": lw.mean().item(), "avg_logps/chosen": (lw / nw).mean().item(),
+                "lengths/chosen": nw.mean().item()})
+    if ll is not None:
         out.update({
-            "logps/chosen": lw.mean().item(), "logps/rejected": ll.mean().item(),
-            "avg_logps/chosen": (lw / nw).mean().item(), "avg_logps/rejected": (ll / nl).mean().item(),
-            "lengths/chosen": nw.mean().item(), "lengths/rejected": nl.mean().item(),
+            "logps/rejected": ll.mean().item(), "avg_logps/rejected": (ll / nl).mean().item(),
+            "lengths/rejected": nl.mean().item(),
             "likelihood_ranking_accuracy": (lw / nw > ll / nl).float().mean().item(),
         })
-        if rows[0].get("chosen_rewards") is not None:
-            rw, rl = cat("chosen_rewards"), cat("rejected_rewards")
-            out.update({
-                "rewards/chosen": rw.mean().item(), "rewards/rejected": rl.mean().item(),
-                "rewards/margins": (rw - rl).mean().item(),
-                "rewards/accuracies": (rw > rl).float().mean().item(),
-            })
-    elif spec.data == "unpaired":
-        r, labels = cat("chosen_rewards"), cat("labels")
-        if labels.any():
-            out["rewards/chosen"] = r[labels].mean().item()
-        if (~labels).any():
-            out["rewards/rejected"] = r[~labels].mean().item()
-        if "rewards/chosen" in out and "rewards/rejected" in out:
-            out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
-    else:
-        s = [r["stats"] for r in rows]
-        lw = torch.cat([x.chosen_logps for x in s]).detach().float()
-        out["logps/chosen"] = lw.mean().item()
+    if rw is not None and rl is not None:
+        out.update({
+            "rewards/chosen": rw.mean().item(), "rewards/rejected": rl.mean().item(),
+            "rewards/margins": (rw - rl).mean().item(),
+            "rewards/accuracies": (rw > rl).float().mean().item(),
+        })
     return out
 
 
@@ -244,11 +241,14 @@ class Trainer:
             sums, _ = self.engine(batch)
         stats, _ = loss_stats(self.spec, ds, idx, sums, batch.lengths, self.device)
         out = self.spec(stats, **_loss_hparams(self.cfg))
-        row = {"loss_tensor": out.loss, "loss": out.loss.detach().float(), "stats": stats,
-               "chosen_rewards": out.chosen_rewards, "rejected_rewards": out.rejected_rewards,
+        row = {"loss_tensor": out.loss, "loss": out.loss, "chosen_rewards": out.chosen_rewards,
+               "rejected_rewards": out.rejected_rewards,
                "tokens": sum(len(p) + len(c) for p, cs in (ds.groups[i] for i in idx) for c in cs)}
         if self.spec.data == "unpaired":
-            row["labels"] = stats.labels.bool()
+            row["labels"] = stats.labels
+        else:
+            row.update(chosen_logps=stats.chosen_logps, rejected_logps=stats.rejected_logps,
+                       chosen_lengths=stats.chosen_lengths, rejected_lengths=stats.rejected_lengths)
         return row
 
     def train_step(self) -> dict:
@@ -266,7 +266,7 @@ class Trainer:
                 acc.backward(row.pop("loss_tensor").sum() / len(local))
             rows.append(row)
         grad_norm = self._clip()
-        metrics = summarize(self.spec, rows)
+        metrics = summarize(self.spec, rows, gather=acc.gather)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -277,7 +277,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         metrics.update({"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
-                        "tokens/s": sum(r["tokens"] for r in rows) / max(elapsed, 1e-9)})
+                        "tokens/s": acc.num_processes * sum(r["tokens"] for r in rows) / max(elapsed, 1e-9)})
         if not finite:
             metrics["skipped"] = True
         self.step += 1
