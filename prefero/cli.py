@@ -11,12 +11,26 @@ from prefero.config import ConfigError, LoraConfig, TrainConfig, field_docs
 def _options_help(cls, prefix: str = "") -> str:
     lines = []
     for name, typ, default, doc in field_docs(cls):
-        if cls is TrainConfig and name == "lora":
+        if name == "lora":  # TrainConfig and RewardConfig share the LoRA block
             lines.append(f"  {'lora':<24} block, default none: {doc}")
             lines += [f"  {'lora.' + n:<24} {d!s:<12} {h}" for n, _, d, h in field_docs(LoraConfig)]
             continue
         lines.append(f"  {prefix + name:<24} {default!s:<12} {doc}")
     return "\n".join(lines)
+
+
+class _LazyEpilogFormatter(argparse.RawDescriptionHelpFormatter):
+    """Accepts a callable epilog, built only when help is shown: `rm`'s options live in
+    prefero.reward_model, which imports torch, and `prefero --help` should stay instant."""
+
+    def _format_text(self, text):
+        return super()._format_text(text() if callable(text) else text)
+
+
+def _reward_config():
+    from prefero.reward_model import RewardConfig
+
+    return RewardConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", nargs="?", help="YAML config file (optional if every key is given inline)")
     train.add_argument("overrides", nargs="*", help="key=value overrides")
+    rm = sub.add_parser(
+        "rm",
+        help="train a Bradley-Terry reward model (a scalar head on a causal LM)",
+        description="Train a reward model with CONFIG.yaml; key=value arguments override its keys. "
+                    "Loss -log sigmoid(r_w - r_l - m) + c*(r_w + r_l)^2; the result is an HF "
+                    "sequence classifier (num_labels=1) in output_dir.",
+        epilog=lambda: "options (key, default, meaning):\n" + _options_help(_reward_config()),
+        formatter_class=_LazyEpilogFormatter,
+    )
+    rm.add_argument("config", nargs="?", help="YAML config file (optional if every key is given inline)")
+    rm.add_argument("overrides", nargs="*", help="key=value overrides")
     demo = sub.add_parser(
         "demo",
         help="build a tiny model, train DPO on the packaged data, print before/after",
@@ -57,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "rm":
+            return _rm(args)
         if args.command == "demo":
             from prefero.demo import run_demo
 
@@ -88,15 +115,32 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _config_args(args) -> tuple[str | None, list[str]]:
+    """(config path, overrides); a first argument that is key=value is an override."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides
+    return config, overrides
+
+
 def _train(args) -> int:
     from prefero.config import load_config
     from prefero.train import train
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config] + overrides
-    cfg = load_config(config, overrides)
+    cfg = load_config(*_config_args(args))
     train(cfg)
+    print(f"saved to {cfg.output_dir}")
+    return 0
+
+
+def _rm(args) -> int:
+    from prefero.config import load_config
+    from prefero.reward_model import RewardConfig, train_reward_model
+
+    cfg = load_config(*_config_args(args), cls=RewardConfig)
+    history = train_reward_model(cfg)
+    if "eval_end" in history:
+        print(f"pairwise accuracy (eval): {history['eval_end']['accuracy']:.3f}")
     print(f"saved to {cfg.output_dir}")
     return 0
 

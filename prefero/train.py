@@ -156,7 +156,10 @@ class Trainer:
         self.cfg = cfg
         self.spec = get_loss(cfg.loss)
         self.out = Path(cfg.output_dir)
-        self.accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
+        self.accelerator = Accelerator(
+            mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+            cpu=not torch.cuda.is_available(),  # lets torchrun/accelerate launch run gloo DDP on CPUs
+        )
         self.device = self.accelerator.device
         _prepare_output_dir(self.out, cfg.overwrite, cfg.resume)
         random.seed(cfg.seed)
