@@ -20,6 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+# Full (unsharded) state dicts, gathered to CPU: the same files whether the run was one
+# process, DDP or FSDP, so a checkpoint resumes under any of them.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 MARKER = "COMPLETE"
 
@@ -47,17 +58,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(module: torch.nn.Module) -> dict:
+    """Full state of the trainable parameters (collective under FSDP: call on every rank)."""
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    full = get_model_state_dict(module, options=FULL)
+    return {k: v.contiguous() for k, v in full.items() if k in names}
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict,
+def save_checkpoint(root: Path, step: int, module, optimizer, scheduler, loop_state: dict,
                     keep_last: int = 0, process_index: int = 0, is_main: bool = True,
                     barrier=lambda: None) -> Path:
     """Write checkpoint `step` under `root` atomically; prune to the newest `keep_last`.
 
-    Every process calls this (each writes its own RNG state); the main process writes
-    the rest, the marker, and renames. `barrier` synchronises processes between phases.
+    Every process calls this (each writes its own RNG state; gathering sharded state is
+    collective); the main process writes the rest, the marker, and renames. `module` is
+    the unwrapped module the optimizer trains; `barrier` synchronises processes.
     """
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
@@ -67,9 +82,11 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_sta
         tmp.mkdir()
     barrier()
     torch.save(_rng_state(), tmp / f"rng-{process_index}.pt")
+    weights = trainable_state(module)
+    opt_state = get_optimizer_state_dict(module, optimizer, options=FULL)
     if is_main:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, tmp / "trainable.safetensors")
+        torch.save(opt_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "loop.json").write_text(json.dumps(loop_state))
     barrier()
@@ -101,10 +118,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(done, key=lambda d: int(d.name.split("-")[1]))
 
 
-def load_latest(root: Path, model, optimizer, scheduler, process_index: int = 0) -> dict | None:
+def load_latest(root: Path, module, optimizer, scheduler, process_index: int = 0) -> dict | None:
     """Restore the newest checkpoint that loads; skip (with a warning) any that does not.
 
-    Returns the loop state, or None when there is no usable checkpoint.
+    Every process reads the full state and keeps its own shard. Returns the loop state,
+    or None when there is no usable checkpoint.
     """
     for d in reversed(list_checkpoints(root)):
         try:
@@ -113,19 +131,21 @@ def load_latest(root: Path, model, optimizer, scheduler, process_index: int = 0)
             sched_state = torch.load(d / "scheduler.pt", weights_only=True)
             rng = torch.load(d / f"rng-{process_index}.pt", weights_only=True)
             loop = json.loads((d / "loop.json").read_text())
-        except Exception as e:  # a corrupt file: fall back to the previous checkpoint
-            warnings.warn(f"checkpoint {d} is unreadable ({type(e).__name__}: {e}); trying the previous one")
+        except Exception as e:  # a corrupt or unsafe file: fall back to the previous checkpoint
+            warnings.warn(f"checkpoint {d} is unreadable ({type(e).__name__}: {_short(e)}); trying the previous one")
             continue
-        params = dict(model.named_parameters())
-        missing = [n for n in weights if n not in params]
-        if missing:
-            warnings.warn(f"checkpoint {d} does not match the model (e.g. {missing[0]}); trying the previous one")
+        trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+        if set(weights) != trainable:
+            warnings.warn(f"checkpoint {d} does not match the model's trainable parameters; trying the previous one")
             continue
-        with torch.no_grad():
-            for n, t in weights.items():
-                params[n].copy_(t)
-        optimizer.load_state_dict(opt_state)
+        set_model_state_dict(module, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_optimizer_state_dict(module, optimizer, opt_state, options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(sched_state)
         _set_rng_state(rng)
         return loop
     return None
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""

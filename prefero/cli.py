@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prefero.config import ConfigError, LoraConfig, TrainConfig, field_docs
@@ -129,7 +130,8 @@ def _train(args) -> int:
 
     cfg = load_config(*_config_args(args))
     train(cfg)
-    print(f"saved to {cfg.output_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"saved to {cfg.output_dir}")
     return 0
 
 

@@ -52,11 +52,13 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     return get_peft_model(model, cfg)
 
 
-def save_model(model: nn.Module, tokenizer, directory: str | Path, merge_lora: bool = False) -> None:
+def save_model(model: nn.Module, tokenizer, directory: str | Path, merge_lora: bool = False,
+               state_dict: dict | None = None) -> None:
     """Save in HF format (safetensors + config + tokenizer); LoRA saves its adapter and,
-    with merge_lora, the merged full model under `directory/merged`."""
+    with merge_lora, the merged full model under `directory/merged`. `state_dict`
+    replaces the model's own (the gathered full state of a sharded model)."""
     directory = Path(directory)
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
     if merge_lora and hasattr(model, "merge_and_unload"):
         import copy

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from prefero.batching import pack_groups
-from prefero.checkpoint import load_latest, save_checkpoint
+from prefero.checkpoint import FULL, get_model_state_dict, load_latest, save_checkpoint
 from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
@@ -206,8 +206,8 @@ class Trainer:
             self._resume()
 
     def _resume(self) -> None:
-        loop = load_latest(self.out / "checkpoints", self.model, self.optimizer, self.scheduler,
-                           self.accelerator.process_index)
+        loop = load_latest(self.out / "checkpoints", self.accelerator.unwrap_model(self.engine),
+                           self.optimizer.optimizer, self.scheduler, self.accelerator.process_index)
         if loop is None:
             if self.accelerator.is_main_process:
                 print(f"no complete checkpoint in {self.out / 'checkpoints'}; starting from step 0")
@@ -221,7 +221,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         acc = self.accelerator
         save_checkpoint(
-            self.out / "checkpoints", self.step, acc.unwrap_model(self.engine).model, self.optimizer,
+            self.out / "checkpoints", self.step, acc.unwrap_model(self.engine), self.optimizer.optimizer,
             self.scheduler, {"step": self.step, "bad_steps": self.bad_steps},
             keep_last=self.cfg.keep_last, process_index=acc.process_index,
             is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
@@ -348,11 +348,18 @@ class Trainer:
         return history
 
     def save(self) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.engine).model
+        """The final model in HF format; under FSDP the shards are gathered first."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        engine = acc.unwrap_model(self.engine)
+        state = None
+        if acc.num_processes > 1:
+            full = get_model_state_dict(engine, options=FULL)  # collective
+            state = {k.removeprefix("model."): v for k, v in full.items()}
+        if acc.is_main_process:
             merge = bool(self.cfg.lora and self.cfg.lora.merge)
-            save_model(model, self.tokenizer, self.out, merge_lora=merge)
+            save_model(engine.model, self.tokenizer, self.out, merge_lora=merge, state_dict=state)
+        acc.wait_for_everyone()
 
 
 def _loss_hparams(cfg: TrainConfig) -> dict:
