@@ -123,3 +123,19 @@ def test_too_many_bad_steps_stop_with_checkpoint_intact(tiny_model_dir, tmp_path
     assert [d.name for d in list_checkpoints(out / "checkpoints")] == ["step-3"]
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped", False) for r in logged] == [False, False, False, True, True]
+
+
+def test_checkpoint_with_pickled_code_is_refused(tiny_model_dir, tmp_path):
+    """Optimizer state is loaded with weights_only=True: a pickle that runs code is skipped."""
+    out = tmp_path / "run"
+    Trainer(load_config(None, args(tiny_model_dir, out, "max_steps=7", "eval_data=null"))).run()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state": Evil()}, out / "checkpoints" / "step-6" / "optimizer.pt")
+    with pytest.warns(UserWarning, match="step-6 is unreadable"):
+        t = Trainer(load_config(None, args(tiny_model_dir, out, "max_steps=7", "eval_data=null", "resume=true")))
+    assert t.step == 3 and not marker.exists()
