@@ -81,6 +81,17 @@ class TrainConfig:
     dtype: str = _f("float32", "float32 | bfloat16 (autocast on float32 master weights)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     logprob_chunk_size: int = _f(1024, "completion tokens per chunk of the log-prob computation")
+    reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
+
+    @property
+    def reference_cache_dir(self) -> Path | None:
+        if self.reference_cache.lower() in ("off", "false", "none", "no"):
+            return None
+        if self.reference_cache == "auto":
+            from prefero.reference import default_cache_dir
+
+            return default_cache_dir()
+        return Path(self.reference_cache)
     # logging and saving
     eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)")
     save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)")
@@ -178,8 +189,9 @@ def _coerce(name: str, value, cls):
                 pass
         if a is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if a is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if a is str and isinstance(value, (str, int, float)):
+            # YAML 1.1 reads off/no/false as False: keep the user's intent as a word
+            return str(value).lower() if isinstance(value, bool) else str(value)
         if a is list:
             if isinstance(value, list):
                 return value

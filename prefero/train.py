@@ -25,7 +25,7 @@ from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
 from prefero.model import apply_lora, load_causal_lm, load_tokenizer, save_model
-from prefero.reference import precompute_logps
+from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
 
 class TrainingError(RuntimeError):
@@ -156,10 +156,9 @@ class Trainer:
         self.cfg = cfg
         self.spec = get_loss(cfg.loss)
         self.out = Path(cfg.output_dir)
-        self.accelerator = Accelerator(
-            mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
-            cpu=not torch.cuda.is_available(),  # lets torchrun/accelerate launch run gloo DDP on CPUs
-        )
+        # precision is our own autocast, not accelerate's process-wide setting, so several
+        # runs in one process (self-play iterations, tests) can each choose theirs
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPUs
         self.device = self.accelerator.device
         _prepare_output_dir(self.out, cfg.overwrite, cfg.resume)
         random.seed(cfg.seed)
@@ -228,19 +227,38 @@ class Trainer:
         )
 
     def _compute_reference(self) -> None:
-        """Score every completion once under the reference, then free it."""
+        """Reference log-probs for every completion: from the on-disk cache when its key
+        matches, otherwise scored once under the reference model, which is then freed."""
         cfg = self.cfg
-        ref = load_causal_lm(cfg.ref_model or cfg.model, cfg.trust_remote_code)
+        ref_name = cfg.ref_model or cfg.model
+        datasets = [ds for ds in [self.train_ds, self.eval_ds] if ds is not None]
+        cache_dir = cfg.reference_cache_dir
+        settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
+        keys = [cache_key(ds.groups, ref_name, cfg.dtype, settings) for ds in datasets]
+        if cache_dir is not None:
+            for ds, (key, _) in zip(datasets, keys):
+                ds.ref = load_cached(cache_dir, key)
+        missing = [(ds, k) for ds, k in zip(datasets, keys) if ds.ref is None]
+        if not missing:
+            self.reference_source = "cache"
+            return
+        ref = load_causal_lm(ref_name, cfg.trust_remote_code)
         ref.to(self.device)
-        with self.accelerator.autocast():
-            for ds in [self.train_ds, self.eval_ds]:
-                if ds is not None:
-                    ds.ref = precompute_logps(ref, ds.groups, 2 * cfg.batch_size, cfg.logprob_chunk_size, self.device)
+        with self.autocast():
+            for ds, (key, parts) in missing:
+                ds.ref = precompute_logps(ref, ds.groups, 2 * cfg.batch_size, cfg.logprob_chunk_size, self.device)
+                if cache_dir is not None and self.accelerator.is_main_process:
+                    store_cached(cache_dir, key, ds.ref, parts)
+        self.reference_source = "computed"
         del ref
+
+    def autocast(self):
+        """bf16 autocast over float32 master weights when dtype is bfloat16."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def _forward(self, ds: Dataset, idx: list[int]) -> dict:
         batch = pack_groups([ds.groups[i] for i in idx]).to(self.device)
-        with self.accelerator.autocast():
+        with self.autocast():
             sums, _ = self.engine(batch)
         stats, _ = loss_stats(self.spec, ds, idx, sums, batch.lengths, self.device)
         out = self.spec(stats, **_loss_hparams(self.cfg))

@@ -25,6 +25,12 @@ def tiny_qwen_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test gets its own reference-log-prob cache (subprocesses inherit it)."""
+    monkeypatch.setenv("PREFERO_CACHE", str(tmp_path / "prefero-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
