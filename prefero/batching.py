@@ -56,6 +56,20 @@ class PackedBatch:
         return (causal & same_group & visible_branch)[None, None]
 
 
+    def block_mask(self):
+        """The same rule as `dense_mask` as a FlexAttention BlockMask: fully masked blocks
+        (other groups, chosen seen from rejected) are skipped, not computed."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        g, b = self.group_ids, self.branch_ids
+
+        def prefix_shared(batch, head, q, kv):
+            return (kv <= q) & (g[q] == g[kv]) & ((b[kv] == 0) | (b[kv] == b[q]))
+
+        t = self.num_tokens
+        return create_block_mask(prefix_shared, B=None, H=None, Q_LEN=t, KV_LEN=t, device=g.device)
+
+
 def pack_groups(groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PackedBatch:
     """Lay out (prompt_ids, [completion_ids, ...]) groups, prefix-shared, in one row.
 

@@ -80,7 +80,8 @@ class TrainConfig:
     # numerics and engine
     dtype: str = _f("float32", "float32 | bfloat16 (autocast on float32 master weights)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    logprob_chunk_size: int = _f(1024, "completion tokens per chunk of the log-prob computation")
+    attention: str = _f("auto", "auto (flex on GPU, sdpa on CPU) | flex | sdpa | eager")
+    logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)")
     reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
 
     @property
@@ -112,9 +113,12 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(f"loss: {e}") from None
         _choice("dtype", self.dtype, ["float32", "bfloat16"])
+        _choice("attention", self.attention, ["auto", "flex", "sdpa", "eager"])
         _choice("lr_scheduler", self.lr_scheduler, ["cosine", "linear", "constant"])
         _choice("on_bad_record", self.on_bad_record, ["error", "skip"])
-        for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length", "logprob_chunk_size"]:
+        if self.logprob_chunk_size < 0:
+            raise ConfigError(f"logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
+        for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ["max_steps", "eval_steps", "save_steps", "keep_last", "max_bad_steps"]:

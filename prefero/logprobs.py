@@ -43,8 +43,8 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         for s in range(0, hidden.shape[0], c):
             h = hidden[s : s + c]
             logits = (h @ w.T).float()
-            # d/dlogits of log p[target] = onehot(target) − softmax(logits)
-            g = torch.softmax(logits, dim=-1).mul_(-grad_out[s : s + c, None])
+            # d/dlogits of log p[target] = onehot(target) − softmax(logits); softmax in place
+            g = logits.sub_(logits.logsumexp(-1, keepdim=True)).exp_().mul_(-grad_out[s : s + c, None])
             g.scatter_add_(1, targets[s : s + c, None], grad_out[s : s + c, None])
             g = g.to(hidden.dtype)
             if grad_h is not None:
@@ -56,15 +56,27 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         return grad_h, grad_w, None, None
 
 
-def token_logprobs(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 1024,
+CHUNK_ELEMENTS = 1 << 25  # logits per chunk when chunk_size is 0 (auto): 128 MiB in fp32
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    return max(16, CHUNK_ELEMENTS // vocab_size)
+
+
+def token_logprobs(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size: int = 0,
                    softcap: float | None = None, logit_scale: float | None = None) -> Tensor:
     """log π(target | hidden) for each row of `hidden` ([N, H]) without full logits.
+
+    `chunk_size` rows at a time; 0 picks it from the vocabulary size so that one chunk of
+    logits is about CHUNK_ELEMENTS values (1024 rows at a 32k vocabulary, 220 at 152k).
 
     A plain bias-free Linear head takes the fused chunked path; any other head (bias,
     logit soft-capping, scaling) runs chunk by chunk under activation checkpointing,
     which has the same memory profile at some extra cost.
     """
     device_type = hidden.device.type
+    if chunk_size <= 0:
+        chunk_size = auto_chunk_size(head.weight.shape[0])
     plain = isinstance(head, nn.Linear) and head.bias is None and not softcap and not logit_scale
     with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
         if plain:
@@ -105,10 +117,12 @@ class CompletionLogProbs(nn.Module):
     It is a Module of its own so that DDP/FSDP wrap it and see every parameter used.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # a model loaded with attn_implementation="flex_attention" takes a BlockMask
+        self.flex = getattr(unwrap_causal_lm(model).config, "_attn_implementation", None) == "flex_attention"
 
     def forward(self, batch: PackedBatch) -> tuple[Tensor, Tensor]:
         """Returns (sums [S] float32, token log-probs [N] float32)."""
@@ -117,7 +131,7 @@ class CompletionLogProbs(nn.Module):
         hidden = backbone(
             input_ids=batch.input_ids,
             position_ids=batch.position_ids,
-            attention_mask=batch.dense_mask(),
+            attention_mask=batch.block_mask() if self.flex else batch.dense_mask(),
             use_cache=False,
         ).last_hidden_state[0]
         config = lm.config

@@ -25,14 +25,23 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def attn_implementation(choice: str) -> str:
+    """`auto`: FlexAttention on CUDA (block-sparse prefix-shared masks), SDPA elsewhere
+    (FlexAttention has no CPU backward)."""
+    if choice == "auto":
+        return "flex_attention" if torch.cuda.is_available() else "sdpa"
+    return {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager"}[choice]
+
+
+def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                   attention: str = "auto"):
     """A causal LM in `dtype`, weights from safetensors only (no pickle)."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
-            attn_implementation="sdpa",
+            attn_implementation=attn_implementation(attention),
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model from {name!r}: {_first_line(e)}") from None

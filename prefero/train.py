@@ -24,7 +24,7 @@ from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
-from prefero.model import apply_lora, load_causal_lm, load_tokenizer, save_model
+from prefero.model import apply_lora, attn_implementation, load_causal_lm, load_tokenizer, save_model
 from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
 
@@ -176,7 +176,7 @@ class Trainer:
 
         if self.spec.needs_reference:
             self._compute_reference()
-        model = load_causal_lm(cfg.model, cfg.trust_remote_code)
+        model = load_causal_lm(cfg.model, cfg.trust_remote_code, attention=cfg.attention)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora is not None:
@@ -233,7 +233,8 @@ class Trainer:
         ref_name = cfg.ref_model or cfg.model
         datasets = [ds for ds in [self.train_ds, self.eval_ds] if ds is not None]
         cache_dir = cfg.reference_cache_dir
-        settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
+        settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                    "attention": attn_implementation(cfg.attention)}
         keys = [cache_key(ds.groups, ref_name, cfg.dtype, settings) for ds in datasets]
         if cache_dir is not None:
             for ds, (key, _) in zip(datasets, keys):
@@ -242,7 +243,7 @@ class Trainer:
         if not missing:
             self.reference_source = "cache"
             return
-        ref = load_causal_lm(ref_name, cfg.trust_remote_code)
+        ref = load_causal_lm(ref_name, cfg.trust_remote_code, attention=cfg.attention)
         ref.to(self.device)
         with self.autocast():
             for ds, (key, parts) in missing:
