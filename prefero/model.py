@@ -49,6 +49,15 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtyp
     return model
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer in backward (non-reentrant, so it composes with
+    our direct backbone call, LoRA and FSDP)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     try:
         from peft import LoraConfig as PeftLoraConfig, get_peft_model

@@ -24,7 +24,7 @@ from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
-from prefero.model import apply_lora, attn_implementation, load_causal_lm, load_tokenizer, save_model
+from prefero.model import apply_lora, attn_implementation, enable_gradient_checkpointing, load_causal_lm, load_tokenizer, save_model
 from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
 
@@ -178,7 +178,7 @@ class Trainer:
             self._compute_reference()
         model = load_causal_lm(cfg.model, cfg.trust_remote_code, attention=cfg.attention)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(model)
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
         self.model = model

@@ -124,3 +124,11 @@ def test_output_dir_not_overwritten(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="overwrite=true"):
         Trainer(config(tiny_model_dir, out, "max_steps=1"))
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_bfloat16_autocast_trains(tiny_model_dir, tmp_path):
+    trainer = Trainer(config(tiny_model_dir, tmp_path / "bf16", "dtype=bfloat16", "max_steps=12", "eval_data=null"))
+    trainer.run()
+    train, _ = read_metrics(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+    assert train[-1]["loss"] < 0.6 and train[-1]["rewards/accuracies"] > 0.7
