@@ -84,6 +84,13 @@ class TrainConfig:
     logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)")
     reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
 
+    # logging and saving
+    eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)")
+    save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)")
+    keep_last: int = _f(0, "keep only the newest N checkpoints (0 = keep all)")
+    resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
+    lora: LoraConfig | None = _f(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
+
     @property
     def reference_cache_dir(self) -> Path | None:
         if self.reference_cache.lower() in ("off", "false", "none", "no"):
@@ -93,44 +100,45 @@ class TrainConfig:
 
             return default_cache_dir()
         return Path(self.reference_cache)
-    # logging and saving
-    eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)")
-    save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)")
-    keep_last: int = _f(0, "keep only the newest N checkpoints (0 = keep all)")
-    resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
-    logging_steps: int = _f(1, "print a metrics line every N steps")
-    lora: LoraConfig | None = _f(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
 
     def validate(self) -> "TrainConfig":
         from prefero.losses import get_loss
 
-        if not self.model:
-            raise ConfigError("`model` is required (hub id or local directory)")
-        if not self.train_data:
-            raise ConfigError("`train_data` is required")
+        validate_common(self)
         try:
             get_loss(self.loss)
         except ValueError as e:
             raise ConfigError(f"loss: {e}") from None
-        _choice("dtype", self.dtype, ["float32", "bfloat16"])
         _choice("attention", self.attention, ["auto", "flex", "sdpa", "eager"])
-        _choice("lr_scheduler", self.lr_scheduler, ["cosine", "linear", "constant"])
-        _choice("on_bad_record", self.on_bad_record, ["error", "skip"])
         if self.logprob_chunk_size < 0:
             raise ConfigError(f"logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
-        for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ["max_steps", "eval_steps", "save_steps", "keep_last", "max_bad_steps"]:
+        for name in ["save_steps", "keep_last", "max_bad_steps"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps == 0 and self.epochs <= 0:
-            raise ConfigError("set max_steps > 0 or epochs > 0")
-        if self.max_prompt_length >= self.max_length:
-            raise ConfigError("max_prompt_length must be smaller than max_length")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         return self
+
+
+def validate_common(cfg) -> None:
+    """Checks every training config shares (train and reward model)."""
+    if not cfg.model:
+        raise ConfigError("`model` is required (hub id or local directory)")
+    if not cfg.train_data:
+        raise ConfigError("`train_data` is required")
+    _choice("dtype", cfg.dtype, ["float32", "bfloat16"])
+    _choice("lr_scheduler", cfg.lr_scheduler, ["cosine", "linear", "constant"])
+    _choice("on_bad_record", cfg.on_bad_record, ["error", "skip"])
+    for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ["max_steps", "eval_steps"]:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_steps == 0 and cfg.epochs <= 0:
+        raise ConfigError("set max_steps > 0 or epochs > 0")
+    if cfg.max_prompt_length >= cfg.max_length:
+        raise ConfigError("max_prompt_length must be smaller than max_length")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
 
 
 def _choice(name, value, options):

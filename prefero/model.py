@@ -58,14 +58,14 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+def apply_lora(model: nn.Module, lora: LoraConfig, task_type: str = "CAUSAL_LM") -> nn.Module:
     try:
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
     except ImportError:
         raise ConfigError("the lora block needs peft: pip install 'prefero[lora]'") from None
     cfg = PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type="CAUSAL_LM",
+        target_modules=lora.target_modules, task_type=task_type,
     )
     return get_peft_model(model, cfg)
 

@@ -29,13 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from prefero.batching import PackedBatch, pack_groups, pair_groups
-from prefero.config import ConfigError, LoraConfig, _choice, _f, to_dict
+from prefero.config import ConfigError, LoraConfig, _f, to_dict, validate_common
 from prefero.data import DataError, DataReport, load_pairs
 from prefero.data.read import iter_rows
 from prefero.logprobs import unwrap_causal_lm
 from prefero.losses import bradley_terry
-from prefero.model import _first_line, load_tokenizer, save_model
-from prefero.train import TrainingError, _prepare_output_dir, data_options, step_order
+from prefero.model import _first_line, apply_lora, load_tokenizer, save_model
+from prefero.train import TrainingError, _prepare_output_dir, data_options, make_scheduler, step_order
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before the run stops
 
@@ -71,25 +71,9 @@ class RewardConfig:
         None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); the head trains fully")
 
     def validate(self) -> "RewardConfig":
-        if not self.model:
-            raise ConfigError("`model` is required (hub id or local directory)")
-        if not self.train_data:
-            raise ConfigError("`train_data` is required")
-        _choice("dtype", self.dtype, ["float32", "bfloat16"])
-        _choice("lr_scheduler", self.lr_scheduler, ["cosine", "linear", "constant"])
-        _choice("on_bad_record", self.on_bad_record, ["error", "skip"])
-        for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ["max_steps", "eval_steps", "center_weight"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps == 0 and self.epochs <= 0:
-            raise ConfigError("set max_steps > 0 or epochs > 0")
-        if self.max_prompt_length >= self.max_length:
-            raise ConfigError("max_prompt_length must be smaller than max_length")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        validate_common(self)
+        if self.center_weight < 0:
+            raise ConfigError(f"center_weight must be >= 0, got {self.center_weight}")
         if self.margin_column == "":
             raise ConfigError("margin_column must be a column name or null")
         return self
@@ -113,18 +97,6 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False
     return model
-
-
-def apply_lora_seq_cls(model: nn.Module, lora: LoraConfig) -> nn.Module:
-    # model.apply_lora hard-codes CAUSAL_LM; SEQ_CLS also makes the new head trainable
-    try:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("the lora block needs peft: pip install 'prefero[lora]'") from None
-    return get_peft_model(model, PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type="SEQ_CLS",
-    ))
 
 
 def score_index(groups: Sequence, pad_id: int | None) -> list[int]:
@@ -247,8 +219,6 @@ class RewardTrainer:
 
     def __init__(self, cfg: RewardConfig):
         from accelerate import Accelerator
-        from transformers import get_scheduler
-
         self.cfg, self.out = cfg, Path(cfg.output_dir)
         self.accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
         self.device = self.accelerator.device
@@ -267,17 +237,14 @@ class RewardTrainer:
 
         model = load_reward_model(cfg.model, self.tokenizer, cfg.trust_remote_code)
         self.pad_id = model.config.pad_token_id
-        self.model = apply_lora_seq_cls(model, cfg.lora) if cfg.lora is not None else model
+        # SEQ_CLS also makes the new score head trainable
+        self.model = apply_lora(model, cfg.lora, task_type="SEQ_CLS") if cfg.lora is not None else model
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.per_step = cfg.batch_size * cfg.grad_accum * self.accelerator.num_processes
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.train_data) / self.per_step))
         # unprepared, as in train.py: accelerate would step it once per process
-        self.scheduler = get_scheduler(
-            "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler,
-            optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
+        self.scheduler = make_scheduler(cfg, optimizer, self.total_steps)
         self.engine, self.optimizer = self.accelerator.prepare(RewardScorer(self.model), optimizer)
         self.step = self.bad_steps = 0
 

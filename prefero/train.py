@@ -12,6 +12,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
 from prefero.logprobs import CompletionLogProbs
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
-from prefero.model import apply_lora, attn_implementation, enable_gradient_checkpointing, load_causal_lm, load_tokenizer, save_model
+from prefero.model import (
+    apply_lora,
+    attn_implementation,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    save_model,
+)
 from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
 
@@ -189,13 +197,7 @@ class Trainer:
         )
         self.per_step = cfg.batch_size * cfg.grad_accum * self.accelerator.num_processes
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.train_ds) / self.per_step))
-        from transformers import get_scheduler
-
-        scheduler = get_scheduler(
-            "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler,
-            optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
+        scheduler = make_scheduler(cfg, optimizer, self.total_steps)
         # the scheduler stays unprepared: accelerate would step it once per process
         self.scheduler = scheduler
         self.engine, self.optimizer = self.accelerator.prepare(engine, optimizer)
@@ -281,7 +283,7 @@ class Trainer:
         rows, t0 = [], time.perf_counter()
         for m in range(cfg.grad_accum):
             micro = local[m * cfg.batch_size : (m + 1) * cfg.batch_size]
-            sync = acc.no_sync(self.engine) if m < cfg.grad_accum - 1 else _nullcontext()
+            sync = acc.no_sync(self.engine) if m < cfg.grad_accum - 1 else nullcontext()
             with sync:
                 row = self._forward(self.train_ds, micro)
                 # sum over the micro-batch / examples in the step == mean over the step
@@ -385,6 +387,15 @@ def _loss_hparams(cfg: TrainConfig) -> dict:
     return {k: getattr(cfg, k) for k in get_loss(cfg.loss).hyperparameters() if hasattr(cfg, k)}
 
 
+def make_scheduler(cfg, optimizer, total_steps: int):
+    """Linear warmup, then cosine, linear or constant."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
 def _truncate_metrics(path: Path, step: int, keep_step_zero_eval: bool = True) -> None:
     """Drop rows a killed run logged after its last checkpoint, so the file reads as one run."""
     if not path.exists():
@@ -408,14 +419,6 @@ def _prepare_output_dir(out: Path, overwrite: bool, resume: bool) -> None:
     if overwrite:  # a fresh run: earlier metrics and checkpoints would be mistaken for its own
         (out / "metrics.jsonl").unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(cfg: TrainConfig) -> dict:
