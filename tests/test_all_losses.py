@@ -52,3 +52,28 @@ def test_every_loss_trains(name, tiny_model_dir, tmp_path, monkeypatch, sppo_dat
         assert len(loads) == 2 and reference_calls
     else:
         assert loads == [str(tiny_model_dir)] and not reference_calls
+
+
+def test_sft_on_message_lists_masks_the_prompt(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """SFT on {messages} demonstrations: only the assistant turn is scored."""
+    data = tmp_path / "sft.jsonl"
+    with open(asset("demo_train.jsonl")) as src, open(data, "w") as dst:
+        for line in src:
+            r = json.loads(line)
+            dst.write(json.dumps({"messages": [
+                {"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]}) + "\n")
+    cfg = load_config(None, [
+        f"model={tiny_model_dir}", f"train_data={data}", f"output_dir={tmp_path / 'out'}", "loss=sft",
+        "learning_rate=1e-2", "batch_size=8", "max_steps=20", "seed=0", "max_length=128", "max_prompt_length=64",
+    ])
+    trainer = Trainer(cfg)
+    first = trainer.train_ds.items[0]
+    assistant = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False)
+    assert assistant.endswith("<|im_end|>\n")
+    # the completion is the assistant's reply and its EOS, nothing of the prompt
+    text = tiny_tokenizer.decode(first.completion_ids)
+    assert text.endswith("<|im_end|>") and "<|im_start|>" not in text and "user" not in text
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] / 2
