@@ -81,6 +81,7 @@ class TrainConfig:
     dtype: str = _f("float32", "float32 | bfloat16 (autocast on float32 master weights)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     attention: str = _f("auto", "auto (flex on GPU, sdpa on CPU) | flex | sdpa | eager")
+    compile: bool = _f(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
     logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)")
     reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
 

@@ -23,7 +23,7 @@ from prefero.batching import pack_groups
 from prefero.checkpoint import FULL, get_model_state_dict, load_latest, save_checkpoint
 from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data import DataOptions, DataReport, load_examples, load_pairs
-from prefero.logprobs import CompletionLogProbs
+from prefero.logprobs import CompletionLogProbs, unwrap_causal_lm
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
 from prefero.model import (
     apply_lora,
@@ -189,6 +189,11 @@ class Trainer:
             enable_gradient_checkpointing(model)
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
+        if cfg.compile:
+            # the body only: packed rows change length every step (dynamic), and the chunked
+            # log-prob head is already a fused custom autograd function
+            lm = unwrap_causal_lm(model)
+            getattr(lm, lm.base_model_prefix).compile(dynamic=True)
         self.model = model
         engine = CompletionLogProbs(model, cfg.logprob_chunk_size)
         params = [p for p in model.parameters() if p.requires_grad]
