@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefero",
         description="Align causal language models with preference data (DPO, SimPO, SPPO, ...).",
+        epilog="Every option of a command, its default and what it does: prefero COMMAND --help "
+               "(e.g. prefero train --help).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser(

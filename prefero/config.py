@@ -50,7 +50,7 @@ class TrainConfig:
     overwrite: bool = _f(False, "allow writing into a non-empty output_dir")
     trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
     # the loss
-    loss: str = _f("dpo", "dpo | robust | ipo | hinge | rdpo | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
+    loss: str = _f("dpo", "dpo | robust | ipo | hinge | rdpo | nca_pair | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
     beta: float | None = _f(None, "β; default per loss (dpo 0.1, simpo 2.0, sppo 1/η = 0.001)")
     gamma_beta_ratio: float | None = _f(None, "SimPO γ/β (default 0.5)")
     label_smoothing: float | None = _f(None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)")

@@ -112,6 +112,18 @@ def rdpo(s: PairStats, beta: float = 0.1, rdpo_alpha: float = 0.01) -> LossOutpu
     return LossOutput(-F.logsigmoid(z), *_rewards(beta, dw, dl))
 
 
+def nca_pair(s: PairStats, beta: float = 0.1) -> LossOutput:
+    """NCA, pairwise form (Chen et al. 2024, "Noise Contrastive Alignment", eq. 11):
+    −logσ(βΔ_w) − ½·logσ(−βΔ_w) − ½·logσ(−βΔ_l).
+
+    Unlike DPO it is not a function of the margin h alone: it raises Δ_w in absolute terms,
+    so the chosen likelihood does not fall along with the rejected one.
+    """
+    dw, dl = _ratios(s)
+    loss = -F.logsigmoid(beta * dw) - 0.5 * F.logsigmoid(-beta * dw) - 0.5 * F.logsigmoid(-beta * dl)
+    return LossOutput(loss, *_rewards(beta, dw, dl))
+
+
 def simpo(
     s: PairStats, beta: float = 2.0, gamma_beta_ratio: float = 0.5, label_smoothing: float = 0.0
 ) -> LossOutput:
@@ -229,6 +241,7 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("ipo", ipo, needs_reference=True, data="paired"),
         LossSpec("hinge", hinge, needs_reference=True, data="paired"),
         LossSpec("rdpo", rdpo, needs_reference=True, data="paired"),
+        LossSpec("nca_pair", nca_pair, needs_reference=True, data="paired"),
         LossSpec("simpo", simpo, needs_reference=False, data="paired"),
         LossSpec("cpo", cpo, needs_reference=False, data="paired"),
         LossSpec("orpo", orpo, needs_reference=False, data="paired"),

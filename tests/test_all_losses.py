@@ -47,7 +47,8 @@ def test_every_loss_trains(name, tiny_model_dir, tmp_path, monkeypatch, sppo_dat
     losses = [r["loss"] for r in rows]
     assert len(losses) == STEPS
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
-    assert last < 0.7 * first, f"{name}: loss {first:.4f} -> {last:.4f}"
+    # NCA's minimum is 0.955 against 2·ln 2 = 1.386 at the start (0.69 of it): ask for most of that
+    assert last < (0.8 if name == "nca_pair" else 0.7) * first, f"{name}: loss {first:.4f} -> {last:.4f}"
     if LOSSES[name].needs_reference:
         assert len(loads) == 2 and reference_calls
     else:

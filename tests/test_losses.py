@@ -70,6 +70,13 @@ def test_rdpo_by_hand():
     assert value("rdpo") == pytest.approx(-logsig(0.16), rel=1e-6)
 
 
+def test_nca_pair_by_hand():
+    # βΔ_w = 0.1, βΔ_l = -0.1: -logσ(0.1) - ½logσ(-0.1) - ½logσ(0.1)
+    expected = -logsig(0.1) - 0.5 * logsig(-0.1) - 0.5 * logsig(0.1)
+    assert value("nca_pair") == pytest.approx(expected, rel=1e-6)
+    assert value("nca_pair") == pytest.approx(1.338793, abs=1e-6)
+
+
 def test_simpo_by_hand():
     # z = 2(-2.5) - 2(-1.5) - 2*0.5 = -3 ; -logσ(-3) = 3.048587
     assert value("simpo") == pytest.approx(-logsig(-3.0), rel=1e-6)
