@@ -9,8 +9,6 @@ peak extra memory is one [chunk × vocab] block whatever the sequence length.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +17,10 @@ from prefero.batching import PackedBatch
 
 
 class _ChunkedTokenLogProbs(torch.autograd.Function):
-    """log softmax(h W^T)[target] per row, chunked, recomputing logits in backward."""
+    """log softmax(h W^T)[target] per row, chunked, recomputing logits in backward.
+
+    Matmuls run in `hidden`'s dtype (bf16 under autocast), softmax and sums in fp32.
+    """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
@@ -49,8 +50,10 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
             g = g.to(hidden.dtype)
             if grad_h is not None:
                 grad_h[s : s + c] = g @ w
-            if grad_w is not None:
-                grad_w.addmm_(g.T.float(), h.float())
+            if grad_w is not None and h.dtype == grad_w.dtype:
+                grad_w.addmm_(g.T, h)  # in place: no [vocab × hidden] temporary
+            elif grad_w is not None:  # bf16 matmul, fp32 sum
+                grad_w.add_(g.T @ h)
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None
@@ -78,16 +81,21 @@ def token_logprobs(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_size:
     if chunk_size <= 0:
         chunk_size = auto_chunk_size(head.weight.shape[0])
     plain = isinstance(head, nn.Linear) and head.bias is None and not softcap and not logit_scale
-    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
-        if plain:
-            return _ChunkedTokenLogProbs.apply(hidden, head.weight, targets, chunk_size)
-        parts = []
-        for s in range(0, hidden.shape[0], chunk_size):
-            parts.append(torch.utils.checkpoint.checkpoint(
-                _head_logprobs, hidden[s : s + chunk_size], targets[s : s + chunk_size], head,
-                softcap, logit_scale, use_reentrant=False,
-            ))
-        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    if plain:
+        if torch.is_autocast_enabled(device_type):
+            # what autocast would do to the head's matmul, done explicitly: the output
+            # embedding is a large share of a small model's FLOPs
+            hidden = hidden.to(torch.get_autocast_dtype(device_type))
+            with torch.autocast(device_type, enabled=False):
+                return _ChunkedTokenLogProbs.apply(hidden, head.weight, targets, chunk_size)
+        return _ChunkedTokenLogProbs.apply(hidden, head.weight, targets, chunk_size)
+    parts = []
+    for s in range(0, hidden.shape[0], chunk_size):
+        parts.append(torch.utils.checkpoint.checkpoint(
+            _head_logprobs, hidden[s : s + chunk_size], targets[s : s + chunk_size], head,
+            softcap, logit_scale, use_reentrant=False,
+        ))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def _head_logprobs(h, tgt, head, softcap, logit_scale):

@@ -127,3 +127,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
     assert len(calls) == 2  # forward, then recomputed in backward: checkpointing is active
     for a, b in zip(plain, ckpt):
         assert rel_err(b, a) < 1e-5
+
+
+def test_bf16_autocast_matmuls_in_bf16_and_stays_close():
+    """Under autocast the head's matmuls run in bf16 (as autocast would), sums in fp32."""
+    torch.manual_seed(0)
+    head = nn.Linear(32, 300, bias=False)
+    h = torch.randn(40, 32, requires_grad=True)
+    t = torch.randint(0, 300, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = token_logprobs(h, head, t, chunk_size=16)
+        ref = torch.log_softmax(head(h).float(), -1).gather(1, t[:, None]).squeeze(1)
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref) < 2e-2
+    ga = torch.autograd.grad(out.sum(), [h, head.weight])
+    gb = torch.autograd.grad(ref.sum(), [h, head.weight])
+    assert ga[1].dtype == torch.float32 and ga[0].dtype == torch.float32
+    for a, b in zip(ga, gb):
+        assert rel_err(a, b) < 5e-2
