@@ -38,28 +38,16 @@ class LoraConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Everything `prefero train` reads."""
+class LoopConfig:
+    """What every training command reads: model, data, optimisation, checkpoints (the loop's knobs)."""
 
     # model and data
-    model: str = _f("", "policy model: hub id or local directory (HF format)")
-    ref_model: str | None = _f(None, "reference model; DPO-family losses default to `model`")
+    model: str = _f("", "model: hub id or local directory (HF format)")
     train_data: str = _f("", "training data file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
     eval_data: str | None = _f(None, "held-out data evaluated every eval_steps and at the end")
     output_dir: str = _f("runs/prefero", "where metrics, data report and the trained model go")
     overwrite: bool = _f(False, "allow writing into a non-empty output_dir")
     trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
-    # the loss
-    loss: str = _f("dpo", "dpo | robust | ipo | hinge | rdpo | nca_pair | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
-    beta: float | None = _f(None, "β; default per loss (dpo 0.1, simpo 2.0, sppo 1/η = 0.001)")
-    gamma_beta_ratio: float | None = _f(None, "SimPO γ/β (default 0.5)")
-    label_smoothing: float | None = _f(None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)")
-    rdpo_alpha: float | None = _f(None, "length-regularized DPO α (default 0.01)")
-    cpo_lambda: float | None = _f(None, "CPO weight of the chosen NLL term (default 1.0)")
-    orpo_lambda: float | None = _f(None, "ORPO weight of the odds-ratio term (default 0.1)")
-    ipo_average: bool | None = _f(None, "IPO on length-averaged log-ratios (default true)")
-    kto_desirable_weight: float | None = _f(None, "KTO λ_D (default 1.0)")
-    kto_undesirable_weight: float | None = _f(None, "KTO λ_U (default 1.0)")
     # optimisation
     learning_rate: float = _f(5e-7, "peak AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -77,20 +65,60 @@ class TrainConfig:
     max_length: int = _f(1024, "prompt + completion tokens per sequence")
     max_prompt_length: int = _f(512, "prompt tokens kept (from the end)")
     on_bad_record: str = _f("error", "error | skip: what a malformed record does")
-    # numerics and engine
     dtype: str = _f("float32", "float32 | bfloat16 (autocast on float32 master weights)")
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    attention: str = _f("auto", "auto (flex on GPU, sdpa on CPU) | flex | sdpa | eager")
-    compile: bool = _f(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
-    logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)")
-    reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
-
     # logging and saving
     eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)")
     save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)")
     keep_last: int = _f(0, "keep only the newest N checkpoints (0 = keep all)")
     resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
     lora: LoraConfig | None = _f(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
+
+    def validate(self):
+        if not self.model:
+            raise ConfigError("`model` is required (hub id or local directory)")
+        if not self.train_data:
+            raise ConfigError("`train_data` is required")
+        _choice("dtype", self.dtype, ["float32", "bfloat16"])
+        _choice("lr_scheduler", self.lr_scheduler, ["cosine", "linear", "constant"])
+        _choice("on_bad_record", self.on_bad_record, ["error", "skip"])
+        for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ["max_steps", "eval_steps", "save_steps", "keep_last", "max_bad_steps"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError("set max_steps > 0 or epochs > 0")
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError("max_prompt_length must be smaller than max_length")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        return self
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Everything `prefero train` reads: the loop's keys, then the loss and the engine."""
+
+    model: str = _f("", "policy model: hub id or local directory (HF format)")
+    ref_model: str | None = _f(None, "reference model; DPO-family losses default to `model`")
+    # the loss
+    loss: str = _f("dpo", "dpo | robust | ipo | hinge | rdpo | nca_pair | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
+    beta: float | None = _f(None, "β; default per loss (dpo 0.1, simpo 2.0, sppo 1/η = 0.001)")
+    gamma_beta_ratio: float | None = _f(None, "SimPO γ/β (default 0.5)")
+    label_smoothing: float | None = _f(None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)")
+    rdpo_alpha: float | None = _f(None, "length-regularized DPO α (default 0.01)")
+    cpo_lambda: float | None = _f(None, "CPO weight of the chosen NLL term (default 1.0)")
+    orpo_lambda: float | None = _f(None, "ORPO weight of the odds-ratio term (default 0.1)")
+    ipo_average: bool | None = _f(None, "IPO on length-averaged log-ratios (default true)")
+    kto_desirable_weight: float | None = _f(None, "KTO λ_D (default 1.0)")
+    kto_undesirable_weight: float | None = _f(None, "KTO λ_U (default 1.0)")
+    # numerics and engine
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    attention: str = _f("auto", "auto (flex on GPU, sdpa on CPU) | flex | sdpa | eager")
+    compile: bool = _f(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
+    logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)")
+    reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
 
     @property
     def reference_cache_dir(self) -> Path | None:
@@ -105,7 +133,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from prefero.losses import get_loss
 
-        validate_common(self)
+        super().validate()
         try:
             get_loss(self.loss)
         except ValueError as e:
@@ -113,33 +141,7 @@ class TrainConfig:
         _choice("attention", self.attention, ["auto", "flex", "sdpa", "eager"])
         if self.logprob_chunk_size < 0:
             raise ConfigError(f"logprob_chunk_size must be >= 0, got {self.logprob_chunk_size}")
-        for name in ["save_steps", "keep_last", "max_bad_steps"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self
-
-
-def validate_common(cfg) -> None:
-    """Checks every training config shares (train and reward model)."""
-    if not cfg.model:
-        raise ConfigError("`model` is required (hub id or local directory)")
-    if not cfg.train_data:
-        raise ConfigError("`train_data` is required")
-    _choice("dtype", cfg.dtype, ["float32", "bfloat16"])
-    _choice("lr_scheduler", cfg.lr_scheduler, ["cosine", "linear", "constant"])
-    _choice("on_bad_record", cfg.on_bad_record, ["error", "skip"])
-    for name in ["batch_size", "grad_accum", "max_length", "max_prompt_length"]:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["max_steps", "eval_steps"]:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.max_steps == 0 and cfg.epochs <= 0:
-        raise ConfigError("set max_steps > 0 or epochs > 0")
-    if cfg.max_prompt_length >= cfg.max_length:
-        raise ConfigError("max_prompt_length must be smaller than max_length")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
 
 
 def _choice(name, value, options):

@@ -130,13 +130,13 @@ def test_bradley_terry_with_margin_and_centering_hand_worked(tiny_model_dir, tmp
     trainer = RewardTrainer(rm_config(tiny_model_dir, tmp_path / "o", f"train_data={data}", "eval_data=null",
                                       "margin_column=m", "center_weight=0.1"))
     trainer.engine = FixedScores(torch.tensor([2.0, 1.0, 0.5, 1.5]))
-    loss, chosen, rejected, _ = trainer._forward(trainer.train_data, [0, 1])
+    loss = trainer._forward(trainer.train_ds, [0, 1])["loss_tensor"]
     torch.testing.assert_close(loss, torch.tensor([1.374077, 1.093147]), rtol=0, atol=1e-6)
     trainer.engine = FixedScores(torch.tensor([0.5, 1.5, 2.0, 1.0]))  # pair order reversed: margins follow
-    loss, _, _, _ = trainer._forward(trainer.train_data, [1, 0])
+    loss = trainer._forward(trainer.train_ds, [1, 0])["loss_tensor"]
     torch.testing.assert_close(loss, torch.tensor([1.093147, 1.374077]), rtol=0, atol=1e-6)
     trainer.engine = FixedScores(torch.tensor([2.0, 1.0, 0.5, 1.5]))
-    metrics = trainer.evaluate(trainer.train_data)
+    metrics = trainer.evaluate(trainer.train_ds)
     assert metrics["loss"] == pytest.approx((1.374077 + 1.093147) / 2, abs=1e-6)
     assert metrics["accuracy"] == 0.5
     assert metrics["rewards/margins"] == pytest.approx(((2 - 1) + (0.5 - 1.5)) / 2)
@@ -151,7 +151,7 @@ def test_bad_margin_is_an_error_or_counted_skip(tiny_model_dir, tmp_path):
                                 "margin_column=m"))
     trainer = RewardTrainer(rm_config(tiny_model_dir, tmp_path / "s", f"train_data={data}", "eval_data=null",
                                       "margin_column=m", "on_bad_record=skip"))
-    assert len(trainer.train_data) == 1 and trainer.train_data.margins.tolist() == [1.0]
+    assert len(trainer.train_ds) == 1 and trainer.train_ds.margins.tolist() == [1.0]
     report = json.loads((tmp_path / "s" / "data_report.json").read_text())["train"]
     assert report["read"] == 3 and report["kept"] == 1 and report["dropped"] == {"bad_record:m": 2}
 
@@ -185,7 +185,7 @@ def test_save_round_trip_gives_identical_scores(trained):
     tok = load_tokenizer(str(out))
     assert reloaded.config.num_labels == 1 and reloaded.config.pad_token_id == tok.pad_token_id
     trainer.model.eval()
-    groups = trainer.eval_data.groups
+    groups = trainer.eval_ds.groups
     for prompt, completions in groups[:4]:
         assert torch.equal(score(trainer.model, tok, prompt, completions), score(reloaded, tok, prompt, completions))
     with torch.no_grad():  # and HF's own padded forward of the saved model agrees
@@ -193,6 +193,39 @@ def test_save_round_trip_gives_identical_scores(trained):
         assert rel_err(ours, padded_scores(reloaded, groups, tok.pad_token_id)) < 1e-5
     # the saved model as a judge: chosen outranks rejected on held-out pairs
     assert (ours[0::2] > ours[1::2]).float().mean() > 0.9
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    """The reward model shares the trainer's loop: a run stopped after step 5 and resumed from
+    its step-4 checkpoint logs exactly the rows of the uninterrupted run."""
+    from prefero.reward_model import RewardTrainer as RT
+
+    def metrics(out):
+        return [{k: v for k, v in json.loads(x).items() if k != "tokens/s"}
+                for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    common = ["max_steps=8", "save_steps=4", "eval_steps=4", "batch_size=4", "lora.r=4", "lora.dropout=0.1"]
+    RT(rm_config(tiny_model_dir, tmp_path / "full", *common)).run()
+    log = RT.log
+
+    def log_then_stop(self, m, split="train"):
+        log(self, m, split)
+        if self.step == 5 and split == "train":
+            raise Interrupted
+
+    monkeypatch.setattr(RT, "log", log_then_stop)
+    with pytest.raises(Interrupted):
+        RT(rm_config(tiny_model_dir, tmp_path / "cut", *common)).run()
+    monkeypatch.setattr(RT, "log", log)
+    resumed = RT(rm_config(tiny_model_dir, tmp_path / "cut", *common, "resume=true"))
+    assert resumed.step == 4
+    resumed.run()
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    assert len([r for r in metrics(tmp_path / "full") if "split" not in r]) == 8
 
 
 def test_lora_trains_head_and_merged_model_loads(tiny_model_dir, tmp_path):
@@ -207,7 +240,7 @@ def test_lora_trains_head_and_merged_model_loads(tiny_model_dir, tmp_path):
     assert not torch.equal(head_before, trainer.model.get_base_model().score.modules_to_save["default"].weight)
     merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
     trainer.model.eval()
-    prompt, completions = trainer.train_data.groups[0]
+    prompt, completions = trainer.train_ds.groups[0]
     tok = trainer.tokenizer
     torch.testing.assert_close(score(merged, tok, prompt, completions), score(trainer.model, tok, prompt, completions),
                                rtol=1e-5, atol=1e-6)
