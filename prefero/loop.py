@@ -60,6 +60,7 @@ class Loop:
         # precision is our own autocast, not accelerate's process-wide setting, so several
         # runs in one process (self-play iterations, tests) can each choose theirs
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # gloo DDP on CPUs
+        _refuse_deepspeed(self.accelerator)
         self.device = self.accelerator.device
         _prepare_output_dir(self.out, cfg.overwrite, cfg.resume)
         random.seed(cfg.seed)
@@ -238,6 +239,20 @@ class Loop:
         if self.accelerator.is_main_process:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
             print(f"resumed from step {self.step}")
+
+
+def _refuse_deepspeed(accelerator) -> None:
+    """Under DeepSpeed, accelerate's `backward` runs the engine's own optimizer step, so the
+    loop's accumulation, non-finite guard and checkpoints would silently not apply."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported: its engine steps the optimizer inside backward, which "
+            "bypasses prefero's gradient accumulation, non-finite guard and checkpoints. For "
+            "ZeRO-3-style sharding (parameters, gradients, optimizer state) use FSDP2: "
+            "accelerate launch --config_file examples/accelerate/fsdp2.yaml -m prefero train ..."
+        )
 
 
 def make_scheduler(cfg, optimizer, total_steps: int):

@@ -77,3 +77,23 @@ def test_fsdp_checkpoint_resumes(single, tiny_model_dir, tmp_path):
     launch(FSDP, train_args(tiny_model_dir, out, 4, "save_steps=3", "resume=true"))
     assert_same_curve(first, curve(out), tol=1e-6)
     assert_same_curve(curve(single), curve(out))
+
+
+def test_deepspeed_is_refused_with_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    """Under DeepSpeed accelerate steps the optimizer inside backward; the loop refuses it
+    rather than run without its accumulation, guard and checkpoints."""
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from prefero.config import ConfigError, load_config
+    from prefero.demo import asset
+    from prefero.train import Trainer
+
+    class DeepSpeedAccelerator(accelerate.Accelerator):
+        distributed_type = DistributedType.DEEPSPEED
+
+    monkeypatch.setattr(accelerate, "Accelerator", DeepSpeedAccelerator)
+    cfg = load_config(None, [f"model={tiny_model_dir}", f"train_data={asset('demo_train.jsonl')}",
+                             f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*fsdp2.yaml"):
+        Trainer(cfg)
