@@ -69,9 +69,15 @@ class Loop:
 
     def _prepare(self, engine: torch.nn.Module, params: list) -> None:
         """Optimizer and schedule over `params`, `engine` wrapped for DDP/FSDP; resume if asked."""
+        from accelerate.utils import DistributedType
+
         cfg = self.cfg
+        # one fused kernel per step on GPU (the same update); FSDP2's sharded DTensor
+        # parameters keep the default multi-tensor path
+        fused = self.device.type == "cuda" and self.accelerator.distributed_type != DistributedType.FSDP
         optimizer = torch.optim.AdamW(
-            params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+            params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+            **({"fused": True} if fused else {}),
         )
         self.per_step = cfg.batch_size * cfg.grad_accum * self.accelerator.num_processes
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.train_ds) / self.per_step))
