@@ -452,7 +452,7 @@ def markdown(rows: list[dict], setup: dict, args) -> str:
         "of the same method with the lowest peak. Peak memory is measured over the training steps only "
         "(one-time reference passes excluded; their time is the last column).",
         "TRL runs with its defaults apart from the shared settings (fused AdamW, SDPA attention, padded batches); "
-        "prefero with its defaults (torch AdamW, FlexAttention on CUDA / SDPA on CPU, packed prefix-shared batches, "
+        "prefero with its defaults (AdamW, fused on CUDA as TRL's; FlexAttention on CUDA / SDPA on CPU, packed prefix-shared batches, "
         "chunked log-probs). prefero's timed step includes building the packed batch on the host; TRL's collation "
         "happens before its on_step_begin.",
     ]
