@@ -45,29 +45,38 @@ class PackedBatch:
             **{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         )
 
-    def dense_mask(self) -> Tensor:
-        """[1, 1, T, T] bool mask: causal, within a group, and a completion sees only the
-        prompt and itself. Used on CPU; on GPU the same rule is a FlexAttention block mask."""
+    def dense_mask(self, window: int | None = None) -> Tensor:
+        """[1, 1, T, T] bool mask (True = attend): causal, within a group, and a completion
+        sees only the prompt and itself. With `window`, a token sees only keys fewer than
+        `window` *positions* back (a sliding-window layer). `prefero.attention` turns it
+        into the form each attention implementation reads."""
         g, b = self.group_ids, self.branch_ids
         t = g.numel()
         causal = torch.ones(t, t, dtype=torch.bool, device=g.device).tril()
         same_group = g[:, None] == g[None, :]
         visible_branch = (b[None, :] == 0) | (b[None, :] == b[:, None])
-        return (causal & same_group & visible_branch)[None, None]
+        mask = causal & same_group & visible_branch
+        if window:
+            pos = self.position_ids[0]
+            mask &= (pos[:, None] - pos[None, :]) < window
+        return mask[None, None]
 
-
-    def block_mask(self):
+    def block_mask(self, window: int | None = None):
         """The same rule as `dense_mask` as a FlexAttention BlockMask: fully masked blocks
         (other groups, chosen seen from rejected) are skipped, not computed."""
         from torch.nn.attention.flex_attention import create_block_mask
 
-        g, b = self.group_ids, self.branch_ids
+        g, b, pos = self.group_ids, self.branch_ids, self.position_ids[0]
 
         def prefix_shared(batch, head, q, kv):
             return (kv <= q) & (g[q] == g[kv]) & ((b[kv] == 0) | (b[kv] == b[q]))
 
+        def windowed(batch, head, q, kv):
+            return prefix_shared(batch, head, q, kv) & (pos[q] - pos[kv] < window)
+
         t = self.num_tokens
-        return create_block_mask(prefix_shared, B=None, H=None, Q_LEN=t, KV_LEN=t, device=g.device)
+        return create_block_mask(windowed if window else prefix_shared, B=None, H=None, Q_LEN=t, KV_LEN=t,
+                                 device=g.device)
 
 
 def pack_groups(groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PackedBatch:

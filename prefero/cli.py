@@ -4,6 +4,13 @@ Every command but `demo` reads `CONFIG.yaml key=value ...` into its config datac
 (prefero/config.py) and calls one function with it; `--help` lists every key, its default,
 range and doc. Config classes and runners are imported only when a command runs (or its
 help is shown), so `prefero --help` stays instant.
+
+Exit status: 0 done; 1 a run that failed (a server that kept failing generate, training
+that diverged, a full disk: rerun to resume); 2 a config or data error (an output another
+run is writing, too), reported before work starts where it can be
+(fix the config or the file); 3 the judge failed (its server kept failing, or more of its
+answers than judge.max_unparseable could not be read: the config may be right); 130
+interrupted. Errors are one line on stderr, no traceback.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ def _report_line(template: str, report) -> str:
     try:
         return template.format_map(flat)
     except (ValueError, TypeError):  # a figure the report could not give (e.g. no timing)
-        return f"{template.split(':')[0]}: done -> {flat.get('output', '?')}"
+        where = flat.get("output") or flat.get("output_dir") or "?"
+        return f"{template.split(':')[0]}: done -> {where}"
 
 
 COMMANDS = [
@@ -53,6 +61,12 @@ COMMANDS = [
             "-log sigmoid(r_w - r_l - m) + c*(r_w + r_l)^2; the result is an HF sequence classifier "
             "(num_labels=1) in output_dir.",
             "prefero.reward_model:RewardConfig", "prefero.reward_model:train_reward_model"),
+    Command("pm", "train a pairwise preference model P(A > B | x) (a cross-encoder reading both answers)",
+            "Train a pairwise preference model with CONFIG.yaml; key=value arguments override its keys. "
+            "P(A > B) = sigmoid(s(x, A+B) - s(x, B+A)), antisymmetric by construction; loss "
+            "-log P(chosen > rejected). The result is an HF sequence classifier in output_dir that "
+            "`judge.type: pairwise_model` reads.",
+            "prefero.preference_model:PreferenceModelConfig", "prefero.preference_model:train_preference_model"),
     Command("generate", "sample K completions per prompt (transformers, vllm or an OpenAI-compatible server)",
             "Sample num_completions completions for every prompt; writes {prompt, completions} rows and a "
             "report. Same config, same completions (also under accelerate launch); resumes an interrupted run.",
@@ -65,7 +79,7 @@ COMMANDS = [
             "Resumes an interrupted run.",
             "prefero.judges.config:JudgeRunConfig", "prefero.judges.run:run_judge",
             "prefero judge: {rows} rows, {completions} completions scored into {output} "
-            "({null_scores} unparseable, {ties_rows_all_tied} rows all tied)"),
+            "({null_scores} null scores, {ties_rows_all_tied} rows all tied)"),
     Command("revise", "constitutional critique and revision: SFT rows and (revision > original) pairs",
             "Per prompt: the model's answer, then `rounds` times a critique under a principle drawn from "
             "the constitution and a revision (Bai et al. 2022). Writes sft.jsonl, pairs.jsonl, "
@@ -148,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from prefero.data import DataError
+    from prefero.judges import EXIT_JUDGE, JudgeError
     from prefero.openai_client import OpenAIError
+    from prefero.stage_files import WriteFailed
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         cmd = next(c for c in COMMANDS if c.name == args.command)
-        from prefero.config import load_config
+        from prefero.config import load_config, read_yaml
+        from prefero.judges.config import type_switch_overrides
 
-        cfg = load_config(*_config_args(args), cls=_load(cmd.config))
+        config, overrides = _config_args(args)
+        if config is not None:  # judge.type=... on the command line replaces the file's judge type
+            overrides = type_switch_overrides(read_yaml(config), overrides) + overrides
+        cfg = load_config(config, overrides, cls=_load(cmd.config))
         report = _load(cmd.run)(cfg)
         if cmd.summary and report:
             print(_report_line(cmd.summary, report))
@@ -185,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"prefero: error: {e}", file=sys.stderr)
         return 2
-    except OpenAIError as e:  # a server that kept failing after the retries
+    except JudgeError as e:
+        print(f"prefero: error: {e}", file=sys.stderr)
+        return EXIT_JUDGE
+    except (OpenAIError, WriteFailed) as e:  # a server that kept failing; a full disk
         print(f"prefero: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -68,7 +68,8 @@ class LoraConfig:
     r: int = _f(16, "LoRA rank", ge=1)
     alpha: float = _f(32, "LoRA scaling alpha", gt=0)
     dropout: float = _f(0.0, "dropout on the LoRA input", ge=0, lt=1)
-    target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "module names to adapt ('all-linear' for all)")
+    target_modules: list = _f("auto", "module names to adapt; auto = every projection of the family's attention "
+                                      "blocks (q/k/v/o, GPT-2's c_attn/c_proj, ...); all-linear = every linear layer")
     merge: bool = _f(False, "also save the merged full model in output_dir/merged")
 
     def validate(self) -> "LoraConfig":
@@ -185,7 +186,7 @@ class TrainConfig(LoopConfig):
         None, "SimPO on average log-probs (default true); false = summed, the paper's ablation")
     label_smoothing: float | None = _f(
         None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)", ge=0, lt=0.5)
-    rdpo_alpha: float | None = _f(None, "length-regularized DPO α (default 0.01)")
+    rdpo_alpha: float | None = _f(None, "length-regularized DPO α (default 0.01)", ge=0)
     cpo_lambda: float | None = _f(None, "CPO weight of the chosen NLL term (default 1.0)", ge=0)
     orpo_lambda: float | None = _f(None, "ORPO weight of the odds-ratio term (default 0.1)", ge=0)
     ipo_average: bool | None = _f(None, "IPO on length-averaged log-ratios (default true)")
@@ -196,7 +197,7 @@ class TrainConfig(LoopConfig):
         choices=["token", "sequence"])
     # numerics and engine
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    attention: str = _f("auto", "auto (flex on GPU, sdpa on CPU) | flex | sdpa | eager",
+    attention: str = _f("auto", "auto (per family: flex on CUDA where it has it, else sdpa, else eager) | flex | sdpa | eager",
                         choices=["auto", "flex", "sdpa", "eager"])
     compile: bool = _f(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
     logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)", ge=0)
@@ -327,7 +328,9 @@ def _coerce(name: str, value, t, where: str):
             if isinstance(value, list):
                 return value
             if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()] if value != "all-linear" else value
+                if value in ("all-linear", "auto"):
+                    return value
+                return [v.strip() for v in value.split(",") if v.strip()]
             continue
     raise ConfigError(f"{name}: expected {_type_name(t)}, got {value!r}")
 

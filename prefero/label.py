@@ -22,30 +22,44 @@ silently): `fewer_than_two_completions`, `null_scores` (the judge had no usable 
 a completion: binarizing around it would be a guess), `tied_scores` (all completions
 equal), `identical_chosen_rejected` (different completions, the same text),
 `blank_completion` (chosen or rejected is empty text, which training data may not hold:
-a policy that answered nothing was judged for it, but cannot be trained on). Every row read
-is either kept or counted: read == kept + Σ dropped.
+a policy that answered nothing was judged for it, but cannot be trained on), `truncated`
+(chosen or rejected stopped at max_new_tokens, see below). Every row read is either kept
+or counted: read == kept + Σ dropped. A run that keeps no row fails, naming the most
+common reasons, and writes no output (its report is written, to look at).
 
-The random choice is seeded by (seed, the row's `index`) — its position in the judged
-file's input order, not in this file — so filtering or shuffling rows does not change it.
-The output is written atomically: it is complete or absent.
+Cut completions. A completion whose `finish_reasons` entry (as `prefero generate` writes
+it, and `prefero judge` carries it) is "length" stopped at the token limit: it is not a
+finished answer, and training on it as chosen or rejected would teach the model to stop
+mid-sentence (SPEC §4). Such a pair or SPPO row is dropped (`truncated`); with
+`keep_truncated: true` it is kept and marked `chosen_truncated: true` /
+`rejected_truncated: true` (written only when true), so `prefero train` appends no EOS to
+the cut side. `was_cut` is the one rule; revise and self-play use it too.
+
+The random choice is seeded by (seed, the row's `index`) — the id `prefero judge` keeps
+from its input (generate's prompt position), not the position in this file — so filtering
+or shuffling rows, before or after judging, does not change it.
+The output is written atomically: it is complete or absent, and written after its report,
+so a finished output always has its report (a run killed between the two leaves only the
+report, and a rerun labels again). One run writes an output at a time (a lock). Report
+numbers are finite: a mean gap too large for a float (scores of ±1e308) is null.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefero.config import ConfigError, _f
 from prefero.data.errors import DataError
-from prefero.data.formats import Dropped, Where, _text
+from prefero.data.formats import Dropped, Where, _text, was_cut
 from prefero.data.read import iter_rows
 from prefero.judges import sigmoid, win_rates
 from prefero.judges.run import completion_text
-from prefero.pipeline_io import atomic_write_json, write_jsonl_atomic
+from prefero.pipeline_io import atomic_write_json, finite_mean, write_jsonl_atomic
+from prefero.stage_files import OutputLock, check_output_file, make_folder
 
 FORMATS = ("pairs", "sppo")
 REJECTED = ("worst", "random")
@@ -62,6 +76,9 @@ class LabelConfig:
     rejected: str = _f("worst", "pairs: the worst completion, or a random one scored below the best",
                        choices=list(REJECTED))
     seed: int = _f(0, "seed of rejected=random (combined with each row's index)", ge=0)
+    keep_truncated: bool = _f(False, "keep pairs whose chosen or rejected stopped at max_new_tokens (finish "
+                                     "reason 'length'), marked chosen_truncated/rejected_truncated; false = "
+                                     "drop them (counted as truncated)")
     prompt_column: str = _f("prompt", "column holding the prompt")
     completions_column: str = _f("completions", "column holding the list of completions")
     overwrite: bool = _f(False, "replace an existing output")
@@ -119,8 +136,9 @@ class Judged:
     completions: list
     scores: list  # float | None
     pairwise: list | None
-    index: int  # the row's position in the judged input (its `index`), seeds rejected=random
+    index: int  # the row's id (its `index`, else its line), seeds rejected=random
     where: Where
+    finish_reasons: list | None = None  # per completion, when the row has them
 
 
 def _number_or_null(value, field: str, what: str, where: Where, lo=-math.inf, hi=math.inf):
@@ -160,7 +178,13 @@ def parse_judged(record: dict, where: Where, cfg: LabelConfig) -> Judged:
                   for i, r in enumerate(matrix)]
     index = record.get("index")
     index = index if isinstance(index, int) and not isinstance(index, bool) else where.row
-    return Judged(prompt, completions, scores, matrix, index, where)
+    reasons = record.get("finish_reasons")
+    if reasons is not None:
+        if not isinstance(reasons, list) or len(reasons) != len(completions) or \
+                any(r is not None and not isinstance(r, str) for r in reasons):
+            raise where.error("finish_reasons", f"expected a list of {len(completions)} strings (one per "
+                                                "completion, e.g. \"stop\" or \"length\")")
+    return Judged(prompt, completions, scores, matrix, index, where, reasons)
 
 
 # --------------------------------------------------------------------------- labelling
@@ -192,16 +216,32 @@ def label_row(j: Judged, cfg: LabelConfig) -> dict:
         raise Dropped("identical_chosen_rejected")
     if any(isinstance(t, str) and not t.strip() for t in (j.completions[chosen], j.completions[rejected])):
         raise Dropped("blank_completion")  # the training reader refuses a blank chosen or rejected
+    cut = [bool(j.finish_reasons) and was_cut(j.finish_reasons[k]) for k in (chosen, rejected)]
+    if any(cut) and not cfg.keep_truncated:
+        raise Dropped("truncated")
     row.update(chosen=j.completions[chosen], rejected=j.completions[rejected], **extra,
                score_chosen=j.scores[chosen], score_rejected=j.scores[rejected], index=j.index)
+    for side, flag in zip(("chosen", "rejected"), cut):
+        if flag:
+            row[f"{side}_truncated"] = True
     return row
 
 
 def run_label(cfg: LabelConfig) -> dict:
     """Label `cfg.input` into `cfg.output`; returns the report (also written next to it)."""
     out = Path(cfg.output)
+    report_file = cfg.output[: -len(".jsonl")] + ".report.json"
+    check_output_file(out, "output", report_file)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output {cfg.output!r} already exists; set overwrite=true to replace it")
+    make_folder(out.parent, "output", out)
+    with OutputLock(out):
+        if out.exists() and not cfg.overwrite:  # finished by a run that held the lock until now
+            raise ConfigError(f"output {cfg.output!r} already exists; set overwrite=true to replace it")
+        return _label(cfg, out, report_file)
+
+
+def _label(cfg: LabelConfig, out: Path, report_file: str) -> dict:
     rows, dropped, read = [], Counter(), 0
     for line, record in iter_rows(cfg.input):
         if isinstance(record, DataError):
@@ -213,19 +253,28 @@ def run_label(cfg: LabelConfig) -> dict:
         except Dropped as d:
             dropped[d.reason] += 1
     report = label_report(cfg, read, rows, dropped)
-    write_jsonl_atomic(out, rows)
-    atomic_write_json(cfg.output[: -len(".jsonl")] + ".report.json", report)
+    if not rows:
+        # an empty training file would only fail later, in train, far from the reason
+        atomic_write_json(report_file, report)
+        why = ", ".join(f"{reason}: {n}" for reason, n in dropped.most_common(3)) or "the input has no rows"
+        raise DataError(str(cfg.input), None, None, f"no row kept of {read} read ({why}); nothing written to "
+                        f"{cfg.output}, see {report_file}", skippable=False)
+    atomic_write_json(report_file, report)
+    write_jsonl_atomic(out, rows)  # last: a finished output means its report is there
     return report
 
 
 def label_report(cfg: LabelConfig, read: int, rows: list[dict], dropped: Counter) -> dict:
-    gaps = [r["score_chosen"] - r["score_rejected"] for r in rows if r["score_chosen"] is not None
-            and r["score_rejected"] is not None]
+    # half-gaps cannot overflow (|s/2| <= 0.9e308); twice their mean can, and is then null
+    half = finite_mean(r["score_chosen"] / 2 - r["score_rejected"] / 2 for r in rows
+                       if r["score_chosen"] is not None and r["score_rejected"] is not None)
+    gap = None if half is None else 2 * half
     report = {
         "input": cfg.input, "output": cfg.output, "format": cfg.format, "rejected": cfg.rejected, "seed": cfg.seed,
-        "read": read, "kept": len(rows), "dropped": dict(sorted(dropped.items())),
-        "mean_score_gap": statistics.fmean(gaps) if gaps else None,
+        "keep_truncated": cfg.keep_truncated, "read": read, "kept": len(rows), "dropped": dict(sorted(dropped.items())),
+        "truncated_kept": sum(bool(r.get("chosen_truncated") or r.get("rejected_truncated")) for r in rows),
+        "mean_score_gap": gap if gap is not None and math.isfinite(gap) else None,
     }
     if cfg.format == "sppo":
-        report["mean_p_gap"] = statistics.fmean(r["p_chosen"] - r["p_rejected"] for r in rows) if rows else None
+        report["mean_p_gap"] = finite_mean(r["p_chosen"] - r["p_rejected"] for r in rows)
     return report

@@ -129,25 +129,16 @@ class CompletionLogProbs(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
-        # a model loaded with attn_implementation="flex_attention" takes a BlockMask
-        self.flex = getattr(unwrap_causal_lm(model).config, "_attn_implementation", None) == "flex_attention"
 
     def forward(self, batch: PackedBatch) -> tuple[Tensor, Tensor]:
         """Returns (sums [S] float32, token log-probs [N] float32)."""
+        from prefero.attention import completion_hidden, output_logit_transform
+
         lm = unwrap_causal_lm(self.model)
-        backbone = getattr(lm, lm.base_model_prefix)
-        hidden = backbone(
-            input_ids=batch.input_ids,
-            position_ids=batch.position_ids,
-            attention_mask=batch.block_mask() if self.flex else batch.dense_mask(),
-            use_cache=False,
-        ).last_hidden_state[0]
-        config = lm.config
-        logps = token_logprobs(
-            hidden[batch.source_index], lm.get_output_embeddings(), batch.targets, self.chunk_size,
-            softcap=getattr(config, "final_logit_softcapping", None),
-            logit_scale=getattr(config, "logit_scale", None),
-        )
+        hidden = completion_hidden(self.model, batch)
+        softcap, scale = output_logit_transform(lm.config)
+        logps = token_logprobs(hidden[batch.source_index], lm.get_output_embeddings(), batch.targets,
+                               self.chunk_size, softcap=softcap, logit_scale=scale)
         sums = torch.zeros(batch.num_sequences, dtype=torch.float32, device=logps.device)
         sums = sums.index_add(0, batch.sequence_index, logps)
         return sums, logps

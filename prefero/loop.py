@@ -272,6 +272,9 @@ class Loop:
                 f"global batch {self.per_step} per step = {cfg.batch_size} per micro-step x {cfg.grad_accum} "
                 f"accumulation x {acc.num_processes} process{'es' if acc.num_processes > 1 else ''}; "
                 f"{self.total_steps} steps over {len(self.train_ds)} training items")
+        attention = _attention_line(getattr(self, "model", None))
+        if attention:
+            line += f"; attention {attention}"
         if self.step:
             line += f"; resuming at step {self.step}"
         expected = _launcher_processes()
@@ -458,3 +461,15 @@ def _truncate_metrics(path: Path, step: int, keep_step_zero_eval: bool = True) -
     if not keep_step_zero_eval:
         keep = []
     path.write_text("".join(r + "\n" for r in keep))
+
+
+def _attention_line(model) -> str | None:
+    """The attention implementation the model runs and why it was picked."""
+    from prefero.logprobs import unwrap_causal_lm
+
+    if model is None:
+        return None
+    lm = unwrap_causal_lm(model)
+    impl = getattr(lm.config, "_attn_implementation", None)
+    why = getattr(lm, "prefero_attention", None)
+    return f"{impl}" + (f" [{why}]" if why and not why.startswith(str(impl)) else "")

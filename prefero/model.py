@@ -98,28 +98,62 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model
     return tok
 
 
-def attn_implementation(choice: str) -> str:
-    """`auto`: FlexAttention on CUDA (block-sparse prefix-shared masks), SDPA elsewhere
-    (FlexAttention has no CPU backward)."""
-    if choice == "auto":
-        return "flex_attention" if torch.cuda.is_available() else "sdpa"
-    return {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager"}[choice]
+def load_model_config(name: str, trust_remote_code: bool = False, key: str = "model"):
+    """The model's transformers config, read without its weights."""
+    from transformers import AutoConfig
+
+    extra = check_model_source(name, key, tokenizer=False)
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load model config from {name!r}: {_first_line(e)}") from None
+
+
+def resolve_attention(name: str, choice: str, trust_remote_code: bool = False,
+                      key: str = "model") -> tuple[str, str]:
+    """(attn_implementation, why) for the model at `name`; see `prefero.attention`.
+
+    `choice` is the config's auto|flex|sdpa|eager for the packed engine, or `inference`
+    for code that runs transformers' own padded forward or `generate` (judges, sampling,
+    eval): SDPA where the family has it, else eager; both read transformers' own masks.
+    """
+    from prefero.attention import choose_attention
+
+    config = load_model_config(name, trust_remote_code, key)
+    if choice == "inference":
+        impl, why = choose_attention("auto", config, cuda=False)
+        return impl, why
+    return choose_attention(choice, config)
 
 
 def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-                   attention: str = "auto", key: str = "model"):
-    """A causal LM in `dtype`, weights from safetensors only (no pickle)."""
+                   attention: str = "inference", key: str = "model", dropout: bool = False):
+    """A causal LM in `dtype`, weights from safetensors only (no pickle), with the attention
+    implementation `resolve_attention` picks (`model.prefero_attention` says why). Dropout
+    is off unless `dropout` (see `prefero.attention.disable_dropout`). For the packed engine
+    (`attention` other than `inference`), a family outside the tested matrix is checked
+    against its plain forward at load and refused when it differs."""
     from transformers import AutoModelForCausalLM
 
+    from prefero.attention import check_untested_family, disable_dropout
+
+    impl, why = resolve_attention(name, attention, trust_remote_code, key)
     extra = check_model_source(name, key, tokenizer=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
-            attn_implementation=attn_implementation(attention), **extra,
+            attn_implementation=impl, **extra,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model from {name!r}: {_first_line(e)}") from None
     model.config.use_cache = False
+    if not dropout:
+        disable_dropout(model)
+    model.prefero_attention = why
+    if attention != "inference":  # the packed engine will run it: a family outside the matrix is checked
+        note = check_untested_family(model, model.config.pad_token_id or 0)
+        if note:
+            model.prefero_attention = f"{why}; {note}"
     return model
 
 
@@ -133,17 +167,54 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, lora: LoraConfig, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Wrap `model` with a LoRA adapter. `target_modules: auto` adapts every projection of the
+    family's attention blocks (`attention_projections`), so each family gets the same
+    choice whatever its layers are called; `all-linear` is peft's every-linear-layer rule."""
     try:
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
     except ImportError:
         raise ConfigError("the lora block needs peft: pip install 'prefero[lora]'") from None
+    targets = lora.target_modules
+    if targets == "auto":
+        targets = attention_projections(model)
+    elif targets != "all-linear":
+        _check_target_modules(model, targets)
     cfg = PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type=task_type,
+        target_modules=targets, task_type=task_type,
+        # GPT-2-era Conv1D layers store their weight transposed
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
     )
-    if lora.target_modules != "all-linear":
-        _check_target_modules(model, lora.target_modules)
     return get_peft_model(model, cfg)
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """A layer peft's LoRA can adapt: nn.Linear, or the Conv1D GPT-2-era models use."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def attention_projections(model: nn.Module) -> str:
+    """A peft `target_modules` pattern for the projections inside the model's attention
+    blocks (modules whose class name contains "Attention"): q/k/v/o in Llama-style models,
+    c_attn/c_proj in GPT-2, query_key_value/dense in GPT-NeoX and Falcon, ... The pattern
+    matches whole module names, so GPT-2's MLP `c_proj` is not taken with its attention's."""
+    pairs = set()
+    for parent_name, parent in model.named_modules():
+        if "Attention" not in type(parent).__name__:
+            continue
+        for leaf, child in parent.named_children():
+            if _adaptable(child):
+                pairs.add((parent_name.rsplit(".", 1)[-1], leaf))
+    if not pairs:
+        raise ConfigError(f"lora.target_modules: found no attention projections in {type(model).__name__}; "
+                          f"name them (adaptable layers: {', '.join(_adaptable_names(model))}) or use all-linear")
+    parents = "|".join(sorted({re.escape(p) for p, _ in pairs}))
+    leaves = "|".join(sorted({re.escape(c) for _, c in pairs}))
+    return rf".*\.({parents})\.({leaves})"
+
+
+def _adaptable_names(model: nn.Module) -> list[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and _adaptable(m)})
 
 
 def _check_target_modules(model: nn.Module, targets: list) -> None:
@@ -151,13 +222,13 @@ def _check_target_modules(model: nn.Module, targets: list) -> None:
     last name component), else a one-line error with the closest names."""
     import difflib
 
-    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, nn.Linear)}
+    leaves = _adaptable_names(model)
     for t in targets:
         if t not in leaves and not any(n == t or n.endswith("." + t) for n, _ in model.named_modules()):
-            hint = difflib.get_close_matches(t, sorted(leaves), n=1)
+            hint = difflib.get_close_matches(t, leaves, n=1)
             raise ConfigError(f"lora.target_modules: the model has no module {t!r}"
                               + (f"; did you mean {hint[0]!r}?" if hint else "")
-                              + f" (linear layers: {', '.join(sorted(leaves))})")
+                              + f" (layers LoRA can adapt: {', '.join(leaves)}; or use auto / all-linear)")
 
 
 def save_model(model: nn.Module, tokenizer, directory: str | Path, merge_lora: bool = False,

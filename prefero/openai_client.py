@@ -19,10 +19,21 @@ What it promises, and why:
 - A refused connection before the server has ever answered is not retried: it is a
   wrong `base_url` or a server that is not running, and the user should hear that now
   rather than after a minute of backoff.
-- A reply that is not the expected JSON (invalid JSON, no `choices`, no text, logprobs
-  asked for but absent) is an `OpenAIError`; with `on_malformed="return"` it comes back
-  as a `Reply` with `parsed=False`, its raw text and the reason, so a judge can count
-  unusable replies instead of stopping.
+- A 200 reply that is not the expected JSON (invalid or truncated JSON, no `choices`, no
+  text) is retried like a 5xx: a proxy that cut the body off, or a server that answered
+  mid-restart, usually answers properly the next time. After the retries it is an
+  `OpenAIError`; with `on_malformed="return"` it comes back as a `Reply` with
+  `parsed=False`, its raw text and the reason, so a judge can count unusable replies.
+- Logprobs asked for but absent are not malformed: the choice's `logprobs` is None and the
+  caller reads the text (some servers never return them).
+- A `Retry-After` longer than MAX_RETRY_AFTER means the server is down for longer than a
+  run should wait: the request fails now, saying so, instead of sleeping or retrying early.
+- Several servers: `base_url` may be a list (a fleet of vLLM/SGLang servers serving the
+  same model). Requests go round-robin over the endpoints that are up. An endpoint whose
+  request failed for good (its retries spent, or a refused connection) is marked down,
+  counted in `endpoint_report()`, and the request moves to the next endpoint; the run
+  fails only when every endpoint is down. A 4xx other than 408/409/429 is the request's
+  fault, not the endpoint's, and fails at once as with one URL.
 """
 
 from __future__ import annotations
@@ -73,7 +84,7 @@ class TokenLogprob:
 class Choice:
     text: str
     finish_reason: str | None  # "stop", "length" (hit max_tokens), ...
-    logprobs: list[TokenLogprob] | None = None
+    logprobs: list[TokenLogprob] | None = None  # None: not asked for, or the server gave none
 
 
 @dataclass
@@ -106,20 +117,25 @@ class OpenAIClient:
     as local servers need none). timeout: seconds per request attempt.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, max_concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0):
+    def __init__(self, base_url: str | list[str], model: str, api_key_env: str | None = None, max_concurrency: int = 8,
+                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0,
+                 url_key: str = "base_url"):
         import httpx
 
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url: expected an http(s) URL such as http://localhost:8000/v1, got {public_url(base_url or '')!r}")
+        self.url_key = url_key  # the config key messages name, e.g. judge.base_url
+        check_base_urls(base_url or "", url_key)
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
-        self.base_url = base_url.rstrip("/")
-        self._shown_url = public_url(self.base_url)  # for messages: no user:password part
+        self.endpoints = [_Endpoint(url.rstrip("/"), public_url(url.rstrip("/"))) for url in urls]
+        self.base_url = self.endpoints[0].url
+        self._shown_url = self.endpoints[0].shown  # for messages: no user:password part
+        self._next = 0
+        self._endpoint_lock = threading.Lock()
         self.model = model
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -134,13 +150,39 @@ class OpenAIClient:
         self._http = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            limits=httpx.Limits(max_connections=max_concurrency * len(urls),
+                                max_keepalive_connections=max_concurrency * len(urls)),
         )
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._rng = random.Random()  # jitter only; never affects what is generated
-        self._answered = False  # has the server ever answered? (see the module docstring)
+
+    def endpoint_report(self) -> dict:
+        """Per endpoint (credentials stripped): requests answered, and why it is down if it is."""
+        return {e.shown: {"answered": e.answered, "down": e.down} for e in self.endpoints}
+
+    @property
+    def endpoints_down(self) -> int:
+        return sum(e.down is not None for e in self.endpoints)
+
+    def _pick(self) -> "_Endpoint | None":
+        """The next endpoint that is up, round-robin; None when every one is down."""
+        with self._endpoint_lock:
+            for _ in range(len(self.endpoints)):
+                e = self.endpoints[self._next % len(self.endpoints)]
+                self._next += 1
+                if e.down is None:
+                    return e
+        return None
+
+    def _mark_down(self, endpoint: "_Endpoint", error: "OpenAIError") -> None:
+        with self._endpoint_lock:
+            if endpoint.down is None:
+                endpoint.down = str(error)
+        if len(self.endpoints) > 1:
+            log.warning("%s is down (%s); %d of %d endpoints left", endpoint.shown, error,
+                        len(self.endpoints) - self.endpoints_down, len(self.endpoints))
 
     # ------------------------------------------------------------------ requests
 
@@ -201,11 +243,29 @@ class OpenAIClient:
     # ------------------------------------------------------------------ the retry loop
 
     def _post(self, path: str, body: dict, parse, want_logprobs: bool, on_malformed: str) -> Reply:
-        import httpx
-
+        """One request, on the endpoints in turn: an endpoint that fails it for good is
+        marked down and the request goes to the next one that is up."""
         if on_malformed not in ("raise", "return"):
             raise ValueError(f"on_malformed must be 'raise' or 'return', got {on_malformed!r}")
-        url, shown = self.base_url + path, self._shown_url + path
+        last = None
+        while True:
+            endpoint = self._pick()
+            if endpoint is None:
+                if len(self.endpoints) == 1:
+                    raise last
+                raise OpenAIError(f"every endpoint of {self.url_key} is down ({len(self.endpoints)}); the last: {last}",
+                                  last.status, last.attempts) from None
+            try:
+                return self._post_to(endpoint, path, body, parse, want_logprobs, on_malformed)
+            except _EndpointDown as e:
+                last = e.error
+                self._mark_down(endpoint, e.error)
+
+    def _post_to(self, endpoint: "_Endpoint", path: str, body: dict, parse, want_logprobs: bool,
+                 on_malformed: str) -> Reply:
+        import httpx
+
+        url, shown = endpoint.url + path, endpoint.shown + path
         attempts = 0
         while True:
             attempts += 1
@@ -213,46 +273,78 @@ class OpenAIClient:
             try:
                 with self._slots:
                     response = self._http.post(url, json=body)
-                self._answered = True
+                endpoint.answered += 1
             except httpx.TimeoutException:
                 problem, status = f"no reply within the {self.timeout:g} s timeout", None
             except httpx.TransportError as e:
-                if isinstance(e, httpx.ConnectError) and not self._answered:
-                    raise OpenAIError(f"cannot connect to {shown}: {self._scrub(_first_line(e))}; "
-                                      "is the server running, and is base_url right?", None, attempts) from None
+                if isinstance(e, httpx.ConnectError) and not endpoint.answered:
+                    raise _EndpointDown(OpenAIError(
+                        f"cannot connect to {shown}: {self._scrub(_first_line(e))}; "
+                        f"is the server running, and is {self.url_key} right?", None, attempts)) from None
                 problem, status = f"connection failed ({type(e).__name__}: {self._scrub(_first_line(e))})", None
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return self._finish(shown, response.text, parse, want_logprobs, on_malformed, attempts)
-                problem = f"HTTP {status}: {self._snippet(response.text)}"
-                if status not in RETRY_STATUSES:
-                    hint = f" (check the key in ${self._key_env})" if status in (401, 403) and self._key_env else ""
-                    raise OpenAIError(f"{shown}: {problem}{hint}", status, attempts)
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    reply = self._parse(response.text, parse, want_logprobs, attempts)
+                    if reply.parsed:
+                        return reply
+                    problem = f"malformed reply ({reply.error}): {self._snippet(response.text)}"
+                    if attempts > self.max_retries:
+                        if on_malformed == "return":
+                            return reply
+                        raise OpenAIError(f"{shown}: {problem}; gave up after {attempts} attempts", status, attempts)
+                else:
+                    problem = f"HTTP {status}: {self._snippet(response.text)}"
+                    if status not in RETRY_STATUSES:
+                        hint = f" (check the key in ${self._key_env})" if status in (401, 403) and self._key_env else ""
+                        raise OpenAIError(f"{shown}: {problem}{hint}", status, attempts)
+                    header = response.headers.get("retry-after")
+                    retry_after = parse_retry_after(header)
+                    if retry_after is None and retry_seconds(header) is not None:
+                        raise _EndpointDown(OpenAIError(
+                            f"{shown}: {problem}; the server asks to wait {retry_seconds(header):.0f} s "
+                            f"(Retry-After), more than {MAX_RETRY_AFTER:.0f} s: treated as down", status, attempts))
             if attempts > self.max_retries:
-                raise OpenAIError(f"{shown}: {problem}; gave up after {attempts} attempts", status, attempts)
+                raise _EndpointDown(OpenAIError(f"{shown}: {problem}; gave up after {attempts} attempts",
+                                                status, attempts))
             delay = retry_delay(attempts, retry_after, self.backoff, self.max_backoff, self._rng)
             log.warning("%s: %s; retry %d/%d in %.2g s", shown, problem, attempts, self.max_retries, delay)
             time.sleep(delay)
 
-    def _finish(self, url, text, parse, want_logprobs, on_malformed, attempts) -> Reply:
+    def _parse(self, text, parse, want_logprobs, attempts) -> Reply:
         try:
             data = json.loads(text)
             choices, usage = parse(data, want_logprobs)
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            problem = _malformed_reason(e)
-            if on_malformed == "return":
-                return Reply(raw=text, parsed=False, error=problem, attempts=attempts)
-            raise OpenAIError(f"{url}: malformed reply ({problem}): {self._snippet(text)}", 200, attempts) from None
+            return Reply(raw=text, parsed=False, error=_malformed_reason(e), attempts=attempts)
         return Reply(raw=text, parsed=True, choices=choices, usage=usage, attempts=attempts)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
+    def snippet(self, text: str, limit: int = 200) -> str:
+        """`text` on one line, cut to `limit` characters, the API key scrubbed: fit to quote."""
+        return self._snippet(text, limit)
+
     def _snippet(self, text: str, limit: int = 200) -> str:
         text = " ".join(self._scrub(text).split())
         return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    shown: str  # without user:password
+    answered: int = 0  # replies received (any status): a server that has answered is up
+    down: str | None = None  # why it was taken out of the rotation
+
+
+class _EndpointDown(Exception):
+    """An endpoint failed a request for good (not the request's own fault)."""
+
+    def __init__(self, error: OpenAIError):
+        super().__init__(str(error))
+        self.error = error
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -272,9 +364,9 @@ def retry_delay(attempt: int, retry_after: float | None, backoff: float, max_bac
     return base * (0.5 + 0.5 * (rng or random).random())
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """The Retry-After header as seconds: a number, or an HTTP date (RFC 9110 §10.2.3).
-    None when absent, unreadable, or longer than MAX_RETRY_AFTER (then backoff applies)."""
+def retry_seconds(value: str | None) -> float | None:
+    """The Retry-After header as seconds from now: a number, or an HTTP date (RFC 9110
+    §10.2.3); None when absent or unreadable."""
     if value is None:
         return None
     try:
@@ -285,9 +377,26 @@ def parse_retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - time.time()
-    if seconds != seconds or seconds > MAX_RETRY_AFTER:  # NaN or unreasonable
-        return None
-    return max(0.0, seconds)
+    return None if seconds != seconds else max(0.0, seconds)  # NaN: unreadable
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """The seconds to wait as Retry-After asks; None when absent, unreadable or longer than
+    MAX_RETRY_AFTER (the caller then treats the server as down)."""
+    seconds = retry_seconds(value)
+    return None if seconds is None or seconds > MAX_RETRY_AFTER else seconds
+
+
+def check_base_urls(value, key: str) -> None:
+    """`value` is an http(s) URL or a non-empty list of them: a one-line `ConfigError` naming
+    `key` otherwise, with no password shown."""
+    urls = [value] if isinstance(value, str) else value
+    if not urls:
+        raise ConfigError(f"{key}: expected an http(s) URL or a list of them, got an empty list")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}: expected an http(s) URL such as http://localhost:8000/v1, "
+                              f"got {public_url(url) if isinstance(url, str) else url!r}")
 
 
 def public_url(url: str) -> str:
@@ -356,11 +465,10 @@ def _parse_chat(data, want_logprobs: bool) -> tuple[list[Choice], dict | None]:
         logprobs = None
         if want_logprobs:
             entries = (c.get("logprobs") or {}).get("content")
-            if not isinstance(entries, list):
-                raise _Malformed("logprobs were asked for but the reply has none (does the server support them?)")
-            logprobs = [TokenLogprob(e["token"], float(e["logprob"]),
-                                     {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or []})
-                        for e in entries]
+            if isinstance(entries, list):
+                logprobs = [TokenLogprob(e["token"], float(e["logprob"]),
+                                         {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or []})
+                            for e in entries]
         out.append(Choice(content, c.get("finish_reason"), logprobs))
     return out, _usage(data)
 
@@ -374,11 +482,10 @@ def _parse_completion(data, want_logprobs: bool) -> tuple[list[Choice], dict | N
         logprobs = None
         if want_logprobs:
             lp = c.get("logprobs")
-            if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
-                raise _Malformed("logprobs were asked for but the reply has none (does the server support them?)")
-            tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
-            logprobs = [TokenLogprob(t, float(v), {k: float(x) for k, x in (top or {}).items()})
-                        for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
+            if isinstance(lp, dict) and isinstance(lp.get("tokens"), list):
+                tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
+                logprobs = [TokenLogprob(t, float(v), {k: float(x) for k, x in (top or {}).items()})
+                            for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
         out.append(Choice(text, c.get("finish_reason"), logprobs))
     return out, _usage(data)
 

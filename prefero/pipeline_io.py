@@ -23,16 +23,32 @@ Files, for OUTPUT = `DIR/NAME.jsonl`:
   refused (or, with `overwrite=True`, the old partial rows are discarded).
 - `DIR/NAME.jsonl`: written only at the end, rows sorted by index, through a temporary
   file and `os.replace`, so it is either absent, the previous run's, or complete.
+- `DIR/.NAME.jsonl.lock`: held (flock) by the one run writing OUTPUT; a second run fails
+  at once naming the holder's PID; a killed run's lock is free (prefero.stage_files).
+
+A stage with a report (`report=` path) writes it after OUTPUT and then calls `close()`;
+the settings file stays until then, so a run killed between the two writes leaves a
+finished OUTPUT, no report and the settings it was made with: a rerun with the same
+settings redoes nothing (`start()` returns every index, `finish()` keeps OUTPUT) and
+writes the report; with other settings it is refused, or redone with `overwrite=True`.
 
 Rules: a finished OUTPUT is never replaced unless `overwrite=True`; a partial file
-means "resume". `settings` is written to disk: never put a secret (an API key) in it.
+means "resume"; `settings` should fingerprint the input's content and the model's (or
+judge's) identity, not only their names, so a resume never mixes rows of two inputs. `settings` is written to disk: never put a secret (an API key) in it;
+a user:password@ part of any URL in it is stripped (`scrub_credentials`), as it is from
+every report `atomic_write_json` writes.
+
+Rows carry an integer `index`, by default 0..total-1; a stage whose rows keep an id of
+their own (judge keeps its input rows' `index`) passes those ids to `finish(indices=...)`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,8 +60,10 @@ from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, is_conversational, parse_pair
 from prefero.data.options import DataOptions
 from prefero.data.read import iter_rows
+from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder, writing
 
-__all__ = ["Prompt", "StageOutput", "atomic_write_json", "partial_paths", "read_jsonl_rows", "read_prompts"]
+__all__ = ["Prompt", "StageOutput", "atomic_write_json", "finite_mean", "finite_pstdev", "partial_paths",
+           "read_jsonl_rows", "read_prompts", "scrub_credentials"]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -181,17 +199,19 @@ class StageOutput:
     `settings`: what determines the rows (model, seed, sampling...), JSON-serializable,
     no secrets. `rank`/`world_size`: this process among the stage's processes; each
     appends to its own partial file. `barrier`: a callable all processes enter together
-    (e.g. `accelerator.wait_for_everyone`); needed when `world_size > 1`.
+    (e.g. `accelerator.wait_for_everyone`); needed when `world_size > 1`. `report`: the
+    report the stage writes after OUTPUT (then `close()`), see the module docstring.
     """
 
     def __init__(self, output: str | os.PathLike, settings: dict, overwrite: bool = False,
-                 rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None):
+                 rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None,
+                 report: str | os.PathLike | None = None):
         self.output = Path(output)
         if self.output.suffix != ".jsonl":
             raise ConfigError(f"output: {str(self.output)!r} must end in .jsonl (one JSON row per item)")
         if world_size > 1 and barrier is None:
             raise ValueError("several processes need a barrier to agree on the partial files")
-        self.settings = json.loads(json.dumps(settings))  # normalized as it will read back
+        self.settings = json.loads(json.dumps(scrub_credentials(settings)))  # as it will read back
         self.overwrite = overwrite
         self.rank = rank
         self.world_size = world_size
@@ -200,6 +220,9 @@ class StageOutput:
         self.partial = Path(f"{stem}.partial.jsonl" if rank == 0 else f"{stem}.partial.r{rank}.jsonl")
         self.meta = Path(f"{stem}.partial.meta.json")
         self.resumed = 0  # rows found from an earlier run
+        self.report = Path(report) if report is not None else None
+        self.complete = False  # OUTPUT is finished with these settings, only its report is missing
+        self.lock = OutputLock(self.output)
 
     def start(self) -> set[int]:
         """Check what is on disk (refusing to clobber), and return the finished indices.
@@ -208,11 +231,20 @@ class StageOutput:
         counts as resumed are exactly those of earlier runs (no process of this run has
         appended yet); the others read after it."""
         if self.rank == 0:
-            self._prepare()
+            check_output_file(self.output, "output", *([self.report] if self.report else []))
+            make_folder(self.output.parent, "output", self.output)
+            try:
+                self.lock.acquire()
+                self._prepare()
+            except BaseException:
+                self.lock.release()
+                raise
             done = self._read_done()
             self._barrier()
         else:
             self._barrier()
+            self.complete = (self.report is not None and not self.report.exists() and self.output.exists()
+                             and not partial_paths(self.output) and self._read_meta() == self.settings)
             done = self._read_done()
         self.resumed = len(done)
         self._cut_torn_tail()
@@ -223,13 +255,29 @@ class StageOutput:
         return self.output.with_name(f"{self.output.stem}.partial.r{rank}.done")
 
     def _read_done(self) -> set[int]:
+        if self.complete:
+            return {row["index"] for _, row in read_jsonl_rows(self.output)}
         done = set()
         for path in partial_paths(self.output):
             done.update(row["index"] for _, row in read_jsonl_rows(path))
         return done
 
+    def abandon(self) -> None:
+        """After a failed run: remove this output's settings file and empty partial files
+        when no process has saved a row (nothing to resume, so nothing to leave behind).
+        Partial rows, when there are any, stay: a rerun resumes from them; so does the
+        settings file of a finished OUTPUT whose report is still to be written."""
+        if self.rank != 0 or self.complete:
+            return
+        partials = partial_paths(self.output)
+        if any(p.stat().st_size for p in partials):
+            return
+        for p in partials:
+            p.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
     def _prepare(self) -> None:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.output)
         for old in _siblings(self.output, r"\.partial\.r\d+\.done"):
             old.unlink()  # left by a killed run; this run's processes write theirs after the barrier
         partials = partial_paths(self.output)
@@ -238,7 +286,8 @@ class StageOutput:
             for p in partials:
                 p.unlink()
             partials = []
-            self.meta.unlink(missing_ok=True)
+            if not self.output.exists():  # beside a finished OUTPUT it may be all its missing report needs
+                self.meta.unlink(missing_ok=True)
         if partials:
             old = self._read_meta()
             if old == self.settings:
@@ -246,13 +295,27 @@ class StageOutput:
             if not self.overwrite:
                 raise ConfigError(
                     f"{partials[0]} holds rows of an unfinished run with different "
-                    f"settings ({_settings_diff(old, self.settings)}); rerun with the same settings to resume, "
+                    f"settings ({describe_changes(old, self.settings)}); rerun with the same settings to resume, "
                     f"or set overwrite=true to discard them"
                 )
             for p in partials:
                 p.unlink()
-        elif self.output.exists() and not self.overwrite:
-            raise ConfigError(f"output {str(self.output)!r} already exists; set overwrite=true to replace it")
+        elif self.output.exists():
+            old = self._read_meta()
+            unreported = self.report is not None and not self.report.exists()
+            if unreported and old == self.settings:
+                self.complete = True  # killed between OUTPUT and its report: only the report is left to write
+                return
+            if not self.overwrite:
+                if unreported and old is not None:
+                    raise ConfigError(
+                        f"output {str(self.output)!r} is finished but its report {self.report} is missing, and it "
+                        f"was made with different settings ({describe_changes(old, self.settings)}); rerun with "
+                        f"those settings to write the report, or set overwrite=true to make it again")
+                self.meta.unlink(missing_ok=True)  # a finished run's, left by a kill before its last step
+                raise ConfigError(f"output {str(self.output)!r} already exists; set overwrite=true to replace it")
+            if unreported:
+                self.output.unlink()  # replaced anyway; gone, no process mistakes it for this run's
         atomic_write_text(self.meta, json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
 
     def _read_meta(self) -> dict | None:
@@ -287,15 +350,17 @@ class StageOutput:
             if not isinstance(row.get("index"), int):
                 raise ValueError("every row needs an integer 'index'")
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        with open(self.partial, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # a batch reported done is on disk, not in a page cache
+        # a write cut short by a full disk leaves a torn tail, cut off by the next run
+        with writing(self.partial, "the partial file is kept, rerun to resume"):
+            with open(self.partial, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # a batch reported done is on disk, not in a page cache
 
-    def finish(self, total: int, poll_seconds: float = 0.5) -> dict:
+    def finish(self, total: int, poll_seconds: float = 0.5, indices: list[int] | None = None) -> dict:
         """All processes call this when their work is done; process 0 writes OUTPUT.
 
-        Rows 0..total-1 must all be present (otherwise nothing is written and the
+        Rows 0..total-1 (or, given, exactly `indices`, written in that order) must all be present (otherwise nothing is written and the
         partial files stay, to resume from). A duplicated index keeps its first row and
         is counted. Returns {"rows", "duplicates", "resumed"} (on process 0; {} elsewhere).
 
@@ -306,6 +371,8 @@ class StageOutput:
         if self.rank != 0:
             atomic_write_text(self._marker(self.rank), "done\n")
             return {}
+        if self.complete:
+            return {"rows": total, "duplicates": 0, "resumed": self.resumed}
         for rank in range(1, self.world_size):
             while not self._marker(rank).exists():
                 time.sleep(poll_seconds)
@@ -329,16 +396,18 @@ class StageOutput:
                         else:
                             where[index] = (path, offset, length)
                 offset += length
-        missing = [i for i in range(total) if i not in where]
-        extra = [i for i in where if not 0 <= i < total]
+        order = list(range(total)) if indices is None else list(indices)
+        expected = set(order)
+        missing = [i for i in order if i not in where]
+        extra = [i for i in where if i not in expected]
         if missing or extra:
             problem = f"missing rows for indices {_ranges(missing)}" if missing else f"rows for unknown indices {_ranges(extra)}"
             raise RuntimeError(f"{self.output}: {problem}; the partial files are kept, rerun to resume")
         tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
         handles: dict[Path, object] = {}
         try:
-            with open(tmp, "wb") as out:
-                for i in range(total):
+            with writing(self.output, "the partial file is kept, rerun to resume"), open(tmp, "wb") as out:
+                for i in order:
                     path, offset, length = where[i]
                     f = handles.get(path) or handles.setdefault(path, open(path, "rb"))
                     f.seek(offset)
@@ -355,21 +424,44 @@ class StageOutput:
             path.unlink()
         for rank in range(1, self.world_size):
             self._marker(rank).unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
+        if self.report is None:
+            self.close()
         return {"rows": total, "duplicates": duplicates, "resumed": self.resumed}
 
-
-def _settings_diff(old: dict | None, new: dict) -> str:
-    if old is None:
-        return "its settings file is missing"
-    keys = sorted(set(old) | set(new), key=str)
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
+    def close(self) -> None:
+        """End this run's hold on OUTPUT (call it in a `finally`): once OUTPUT and its report
+        are both there, the settings file has served; then the lock is released."""
+        if self.rank == 0 and self.lock.held:
+            if self.output.is_file() and (self.report is None or self.report.exists()) \
+                    and not partial_paths(self.output):
+                self.meta.unlink(missing_ok=True)
+        self.lock.release()
 
 
 def _ranges(indices: list[int]) -> str:
     shown = ", ".join(map(str, sorted(indices)[:10]))
     return f"[{shown}{', ...' if len(indices) > 10 else ''}] ({len(indices)} in all)"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove `.NAME.tmp-PID` files beside `path` left by a process that was killed before it
+    could remove its own (a running process's PID is left alone)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.tmp-") + r"(\d+)")
+    try:
+        names = os.listdir(path.parent if str(path.parent) else ".")
+    except FileNotFoundError:
+        return
+    for tmp in [path.parent / n for n in names if pattern.fullmatch(n)]:
+        pid = int(pattern.fullmatch(tmp.name).group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive, another user's: not ours to remove
 
 
 @contextmanager
@@ -379,6 +471,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     `open`, not mkstemp, whose 0600 mode would survive the rename.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -389,7 +482,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """`text` to `path` atomically, on disk before the rename."""
-    with atomic_path(path) as tmp:
+    with writing(path, "the earlier file, if any, is unchanged"), atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -411,8 +504,82 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, value) -> None:
-    """Write a JSON document (a stage's report) atomically."""
-    atomic_write_text(Path(path), json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """Write a JSON document (a stage's report, a run's settings) atomically: URLs without
+    their credentials, and strict JSON (a NaN or an infinity is a bug to name, not a token
+    that other JSON readers refuse)."""
+    bad = _non_finite(value)
+    if bad is not None:
+        raise ValueError(f"{path}: {bad[0]} is {bad[1]}; a report holds finite numbers only")
+    atomic_write_text(Path(path), json.dumps(scrub_credentials(value), indent=2, ensure_ascii=False,
+                                             allow_nan=False) + "\n")
+
+
+def _non_finite(value, where: str = "the value") -> tuple[str, float] | None:
+    """(where, number) of the first NaN or infinity inside `value`, else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{where}[{k!r}]" if where != "the value" else repr(k))
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------- credentials
+
+# scheme://user:password@host -> scheme://host (any scheme; the userinfo part ends at the first '@'
+# before the path, and may not contain '/', whitespace or quotes)
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@\"'<>]+@")
+
+
+def scrub_credentials(value):
+    """`value` (a string, or lists/dicts of them, keys included) with the user:password@
+    part of every URL removed: what a run records about a server must not hold its
+    password. Everything else is returned unchanged."""
+    if isinstance(value, str):
+        return _USERINFO.sub(r"\1", value) if "@" in value else value
+    if isinstance(value, dict):
+        return {scrub_credentials(k): scrub_credentials(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_credentials(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- report statistics
+
+
+def finite_mean(values) -> float | None:
+    """The mean of finite floats without overflow (±1e308 twice has a mean, not inf); None
+    for no values."""
+    values = list(values)
+    if not values:
+        return None
+    try:
+        return statistics.fmean(values)
+    except OverflowError:  # fsum's intermediate overflow: the scaled sum's partials stay below max |v|
+        return math.fsum(v / len(values) for v in values)
+
+
+def finite_pstdev(values) -> float | None:
+    """The population standard deviation, computed on values scaled into [-1, 1] so that
+    squaring ±1e308 cannot overflow; None for no values."""
+    values = list(values)
+    if not values:
+        return None
+    try:
+        std = statistics.pstdev(values)
+        if math.isfinite(std):
+            return std
+    except OverflowError:
+        pass
+    scale = max(abs(v) for v in values)
+    return scale * statistics.pstdev([v / scale for v in values])
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor
 from prefero.batching import pack_groups
 from prefero.logprobs import CompletionLogProbs
 
-ENGINE_VERSION = "1"  # bump when the log-prob computation changes numerically
+ENGINE_VERSION = "2"  # bump when the log-prob computation changes numerically
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from prefero.batching import PackedBatch, pack_groups, pair_groups
 from prefero.config import ConfigError, LoopConfig, LoraConfig, _f
 from prefero.data import DataError, DataReport, load_pairs
+from prefero.data.limits import check_run_lengths
 from prefero.data.read import iter_rows
 from prefero.losses import bradley_terry
 from prefero.loop import Loop, data_options
@@ -32,24 +33,28 @@ from prefero.scoring import load_reward_model, score, score_index, sequence_scor
 
 
 @dataclass
-class RewardConfig(LoopConfig):
-    """Everything `prefero rm` reads: the loop's keys, then the Bradley–Terry options."""
+class HeadConfig(LoopConfig):
+    """The loop's keys for a scalar head on a causal LM (`prefero rm`, `prefero pm`)."""
 
     model: str = _f("", "base model: any causal LM (hub id or local directory); a fresh scalar head is added")
     train_data: str = _f("", "preference pairs (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
     eval_data: str | None = _f(None, "held-out pairs; pairwise accuracy is printed and logged")
-    output_dir: str = _f("runs/prefero-rm", "where metrics, data report and the reward model go")
-    learning_rate: float = _f(1e-5, "peak AdamW learning rate")
-    warmup_ratio: float = _f(0.03, "fraction of the steps spent warming up linearly")
+    output_dir: str = _f("runs/prefero-rm", "where metrics, data report and the model go")
+    learning_rate: float = _f(1e-5, "peak AdamW learning rate", gt=0)
+    warmup_ratio: float = _f(0.03, "fraction of the steps spent warming up linearly", ge=0, lt=1)
     lora: LoraConfig | None = _f(
         None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); the head trains fully")
+
+
+@dataclass
+class RewardConfig(HeadConfig):
+    """Everything `prefero rm` reads: the loop's keys, then the Bradley–Terry options."""
+
     margin_column: str | None = _f(None, "column with a per-pair margin m (a number); none = m=0")
-    center_weight: float = _f(0.0, "c: weight of the centering term c·(r_w + r_l)²")
+    center_weight: float = _f(0.0, "c: weight of the centering term c·(r_w + r_l)²", ge=0)
 
     def validate(self) -> "RewardConfig":
         super().validate()
-        if self.center_weight < 0:
-            raise ConfigError(f"center_weight must be >= 0, got {self.center_weight}")
         if self.margin_column == "":
             raise ConfigError("margin_column must be a column name or null")
         return self
@@ -87,7 +92,7 @@ def load_reward_data(path: str, tokenizer, cfg: RewardConfig, split: str | None 
     if cfg.margin_column:
         pairs, margins = _with_margins(path, split, pairs, report, cfg)
     if not pairs:
-        raise ConfigError(f"{path}: no usable records (see the data report for why)")
+        raise ConfigError(report.nothing_kept(path))
     return PairData(pairs, pair_groups(pairs), torch.tensor(margins, dtype=torch.float32)), report
 
 
@@ -137,11 +142,12 @@ class RewardTrainer(Loop):
     def __init__(self, cfg: RewardConfig):
         super().__init__(cfg)
         self.tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-        self.train_ds, report = load_reward_data(cfg.train_data, self.tokenizer, cfg, cfg.train_split)
+        self.check_lengths()
+        self.train_ds, report = self.load_data(cfg.train_data, cfg.train_split)
         eval_report = None
         if self.eval_source():
             path, split = self.eval_source()
-            self.eval_ds, eval_report = load_reward_data(path, self.tokenizer, cfg, split)
+            self.eval_ds, eval_report = self.load_data(path, split)
         self.write_data_report(report, eval_report)
 
         model = load_reward_model(cfg.model, self.tokenizer, cfg.trust_remote_code)
@@ -149,6 +155,12 @@ class RewardTrainer(Loop):
         # SEQ_CLS also makes the new score head trainable
         self.model = apply_lora(model, cfg.lora, task_type="SEQ_CLS") if cfg.lora is not None else model
         self._prepare(RewardScorer(self.model), [p for p in self.model.parameters() if p.requires_grad])
+
+    def check_lengths(self) -> None:
+        check_run_lengths(self.cfg, self.tokenizer)
+
+    def load_data(self, path: str, split: str | None):
+        return load_reward_data(path, self.tokenizer, self.cfg, split)
 
     def _forward(self, data: PairData, idx: list[int], scope: list[int] | None = None) -> dict:
         """Per-pair loss, r_w and r_l for pairs `idx`."""

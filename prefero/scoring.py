@@ -30,7 +30,7 @@ from prefero.config import ConfigError
 from prefero.data.formats import Where, _completion_messages, _prompt_messages, _text, is_conversational
 from prefero.data.tokenize import Encoder
 from prefero.logprobs import unwrap_causal_lm
-from prefero.model import _first_line, check_model_source
+from prefero.model import _first_line, check_model_source, resolve_attention
 
 
 def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dtype=torch.float32,
@@ -41,11 +41,15 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
     not score with a random head). `key` is the config key errors name."""
     from transformers import AutoModelForSequenceClassification
 
+    from prefero.attention import disable_dropout
+
+    impl, why = resolve_attention(name, "inference", trust_remote_code, key)
+    _check_sequence_classifier(name, trust_remote_code, key)
     extra = check_model_source(name, key, tokenizer=False)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=True, attn_implementation="sdpa", output_loading_info=True, **extra,
+            use_safetensors=True, attn_implementation=impl, output_loading_info=True, **extra,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load a reward model from {name!r}: {_first_line(e)}") from None
@@ -57,7 +61,47 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
                           "train a scalar head with `prefero rm`, or judge with type: llm)")
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False
+    disable_dropout(model)  # scores must be a function of the input; see disable_dropout
+    model.prefero_attention = why
+    _check_untested_family(model, tokenizer)
     return model
+
+
+def _check_untested_family(model: nn.Module, tokenizer) -> None:
+    """The reward-model side of `prefero.attention.check_untested_family`: packed scores of
+    a family outside the tested matrix must equal transformers' padded forward."""
+    from prefero.tiny import TINY_FAMILIES
+
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type in TINY_FAMILIES:
+        return
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(3, len(tokenizer), (n,), generator=g).tolist()  # noqa: E731
+    prompt, completions = ids(9), [ids(7), ids(5)]
+    was_training = model.training
+    model.eval()
+    try:
+        packed = score(model, tokenizer, prompt, completions).cpu()
+        plain = padded_scores(model, [prompt + c for c in completions], model.config.pad_token_id)
+    finally:
+        model.train(was_training)
+    err = ((packed - plain).abs().max() / plain.abs().max().clamp(min=1e-12)).item()
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+    if not err <= tolerance:
+        raise ConfigError(f"model: {model_type} is not in prefero's tested families, and its packed scores differ "
+                          f"from its plain forward by {err:.1e} (relative) on a check at load; it is refused")
+
+
+def _check_sequence_classifier(name: str, trust_remote_code: bool, key: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from prefero.model import load_model_config
+
+    config = load_model_config(name, trust_remote_code, key)
+    if not trust_remote_code and type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ConfigError(f"{key}: {config.model_type} models have no sequence-classification head in "
+                          "transformers, so they cannot be a reward model; use another family, or judge "
+                          "with type: llm")
 
 
 def score_index(groups: Sequence, pad_id: int | None) -> list[int]:
@@ -78,11 +122,10 @@ def score_index(groups: Sequence, pad_id: int | None) -> list[int]:
 
 def sequence_scores(model: nn.Module, batch: PackedBatch, index: Tensor) -> Tensor:
     """r(x, y) [S] float32: the score head on the backbone's hidden states at `index`."""
+    from prefero.attention import completion_hidden
+
     lm = unwrap_causal_lm(model)
-    hidden = getattr(lm, lm.base_model_prefix)(
-        input_ids=batch.input_ids, position_ids=batch.position_ids,
-        attention_mask=batch.dense_mask(), use_cache=False,
-    ).last_hidden_state[0]
+    hidden = completion_hidden(model, batch)
     head = getattr(lm, "score", None) or getattr(lm, "classifier", None)
     if head is None:
         raise ConfigError(f"{type(lm).__name__} has no `score` head; not a sequence classifier")
@@ -121,15 +164,40 @@ def padded_scores(model: nn.Module, rows: Sequence[Sequence[int]], pad_id: int) 
 
 
 def encode_group(encoder: Encoder, prompt, completions: Sequence, where: Where,
-                 fields: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+                 fields: Sequence[str], cut: Sequence[bool] = ()) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and each completion's ids, as `load_pairs` builds a pair's before truncation:
     texts validated (a `DataError` names `where` and the field: `fields` are the prompt's,
     then each completion's; unlike training data, a blank completion is allowed), all turned into messages when any is a message list, tokenized
-    apart, each completion ending with one EOS. Cut them with `prefero.data.tokenize.truncate`."""
+    apart, each completion ending with its stop token unless `cut[k]` says it was cut at the
+    token limit (it is scored as generated, with no stop token it never produced). Cut them with `prefero.data.tokenize.truncate`."""
     prompt = _text(prompt, fields[0], where)
     # a blank string is a completion too (the policy said nothing): it is scored on its EOS
     texts = [c if isinstance(c, str) else _text(c, f, where) for c, f in zip(completions, fields[1:])]
     if is_conversational(prompt) or any(is_conversational(t) for t in texts):
         prompt = _prompt_messages(prompt, fields[0], where)
         texts = [_completion_messages(t, f, where) for t, f in zip(texts, fields[1:])]
-    return encoder.encode(prompt, list(zip(fields[1:], texts)), where)
+    return encoder.encode(prompt, list(zip(fields[1:], texts)), where, cut)
+
+
+# --------------------------------------------------------------------------- pairwise models
+
+#: The file beside a pairwise preference model that says how it reads its input.
+PAIRWISE_MODEL_FILE = "prefero_pairwise_model.json"
+
+
+def pairwise_group(prompt_ids: Sequence[int], a_ids: Sequence[int], b_ids: Sequence[int],
+                   max_length: int) -> tuple[list[int], list[list[int]]]:
+    """The two orders a pairwise preference model reads one comparison in:
+    (prompt, [A ⊕ B, B ⊕ A]), each candidate ending with its stop token, as tokenized for
+    training. Each candidate keeps its start within half the room the prompt leaves, so
+    both orders hold the same tokens and P(A ≻ B) + P(B ≻ A) = 1 holds after truncation."""
+    room = max(1, (max_length - len(prompt_ids)) // 2)
+    a, b = list(a_ids[:room]), list(b_ids[:room])
+    return list(prompt_ids), [a + b, b + a]
+
+
+def pairwise_logits(scores: Tensor) -> Tensor:
+    """d = s(A ⊕ B) − s(B ⊕ A) per comparison from the scores of `pairwise_group`'s two
+    orders ([2N], orders interleaved): P(A ≻ B) = σ(d), and swapping A and B negates d
+    exactly, so the model is antisymmetric by construction whatever its weights."""
+    return scores[0::2] - scores[1::2]

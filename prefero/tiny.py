@@ -2,7 +2,7 @@
 
 Nothing here downloads anything: the tokenizer is a byte-level BPE trained on a fixed
 corpus with the `tokenizers` library, the model is a randomly initialised 2-layer
-Llama or Qwen2. Both are saved in Hugging Face format, so the rest of prefero loads
+causal LM of one of the families in TINY_FAMILIES. Both are saved in Hugging Face format, so the rest of prefero loads
 them exactly as it loads a hub model.
 """
 
@@ -68,39 +68,94 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, hidden_size: int = 64):
-    """A randomly initialised 2-layer causal LM (`llama` or `qwen2`) sized to the tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+# Tiny configs of the decoder families prefero is tested on (docs/models.md). Each keeps
+# what makes its family different: sliding windows (small enough that test sequences
+# cross them), logit soft-capping and scaling, tied heads, biases, MoE routing, the
+# dropout GPT-2-era configs ship with. `common` holds the shared sizes.
+def _tiny_families(common: dict, hidden: int) -> dict:
+    head16 = dict(common, head_dim=hidden // 4)
+    gpt = {k: common[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")}
+    gpt2_sizes = dict(gpt, n_embd=hidden, n_layer=2, n_head=4, n_positions=common["max_position_embeddings"])
+    return {
+        "llama": ("LlamaConfig", common),
+        "qwen2": ("Qwen2Config", common),
+        "mistral": ("MistralConfig", dict(common, sliding_window=6)),
+        "mixtral": ("MixtralConfig", dict(common, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)),
+        "qwen3": ("Qwen3Config", head16),
+        "qwen2_moe": ("Qwen2MoeConfig", dict(common, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=32)),
+        "gemma": ("GemmaConfig", head16),
+        "gemma2": ("Gemma2Config", dict(head16, sliding_window=6, final_logit_softcapping=5.0,
+                                        attn_logit_softcapping=3.0, query_pre_attn_scalar=16)),
+        "gemma3_text": ("Gemma3TextConfig", dict(head16, sliding_window=6, query_pre_attn_scalar=16,
+                                                 layer_types=["sliding_attention", "full_attention"])),
+        "phi": ("PhiConfig", dict(common, num_key_value_heads=4)),
+        "phi3": ("Phi3Config", dict(common, sliding_window=6)),
+        "gpt2": ("GPT2Config", gpt2_sizes),
+        "gpt_neox": ("GPTNeoXConfig", common),
+        "gptj": ("GPTJConfig", dict(gpt2_sizes, rotary_dim=8)),
+        "opt": ("OPTConfig", dict(gpt, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=2,
+                                  num_attention_heads=4, word_embed_proj_dim=hidden,
+                                  max_position_embeddings=common["max_position_embeddings"])),
+        "falcon": ("FalconConfig", dict(gpt, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                                        new_decoder_architecture=True, num_kv_heads=2, alibi=False)),
+        "stablelm": ("StableLmConfig", common),
+        "olmo2": ("Olmo2Config", common),
+        "granite": ("GraniteConfig", dict(common, logits_scaling=2.0, attention_multiplier=0.2,
+                                          residual_multiplier=0.5, embedding_multiplier=3.0)),
+        "smollm3": ("SmolLM3Config", common),
+        "cohere": ("CohereConfig", dict(common, logit_scale=0.5)),
+        "gpt_bigcode": ("GPTBigCodeConfig", gpt2_sizes),
+        "bloom": ("BloomConfig", dict(gpt, hidden_size=hidden, n_layer=2, n_head=4)),
+    }
+
+
+TINY_FAMILIES = tuple(_tiny_families({"vocab_size": 0, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+                                      "max_position_embeddings": 0}, 64))
+
+
+def tiny_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, hidden_size: int = 64,
+                max_positions: int = 1024):
+    """The transformers config of a 2-layer model of family `arch` (one of TINY_FAMILIES)."""
+    import transformers
 
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=max_positions,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
         tie_word_embeddings=False,
     )
-    if arch == "llama":
-        config = LlamaConfig(**common)
-    elif arch == "qwen2":
-        config = Qwen2Config(**common)
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose 'llama' or 'qwen2'")
+    families = _tiny_families(common, hidden_size)
+    if arch not in families:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(families)}")
+    config_class, kwargs = families[arch]
+    return getattr(transformers, config_class)(**kwargs)
+
+
+def build_tiny_model(tokenizer, arch: str = "llama", seed: int = 0, hidden_size: int = 64,
+                     max_positions: int = 1024):
+    """A randomly initialised 2-layer causal LM of family `arch` sized to the tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                         tokenizer.pad_token_id, hidden_size, max_positions)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def save_tiny_model(directory: str | Path, arch: str = "llama", seed: int = 0) -> Path:
+def save_tiny_model(directory: str | Path, arch: str = "llama", seed: int = 0, max_positions: int = 1024) -> Path:
     """Build the tiny tokenizer and model and save both to `directory` in HF format."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, arch=arch, seed=seed)
+    model = build_tiny_model(tokenizer, arch=arch, seed=seed, max_positions=max_positions)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
@@ -139,3 +194,26 @@ def demo_records() -> list[dict]:
                 "rejected": _BAD[(k + 1) % 3].format(t=topic),
             })
     return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m prefero.tiny DIR [--arch FAMILY]`: write a tiny random chat model (ChatML
+    template, 2 layers) to try every command offline. Its answers are noise; the plumbing
+    is real."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m prefero.tiny", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("directory", help="where to write the model (HF format, safetensors)")
+    parser.add_argument("--arch", default="llama", choices=TINY_FAMILIES, help="decoder family (default llama)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = Path(args.directory)
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"{out} exists and is not empty")
+    save_tiny_model(out, arch=args.arch, seed=args.seed)
+    print(f"wrote a tiny {args.arch} chat model to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,15 +16,16 @@ from torch import Tensor
 from prefero.batching import pack_groups
 from prefero.config import ConfigError, TrainConfig
 from prefero.data import DataReport, load_examples, load_pairs
+from prefero.data.limits import check_run_lengths
 from prefero.logprobs import CompletionLogProbs, unwrap_causal_lm
 from prefero.loop import Loop, TrainingError, data_options  # noqa: F401  (TrainingError: importable here)
 from prefero.losses import LossSpec, PairStats, UnpairedStats, get_loss
 from prefero.model import (
     apply_lora,
-    attn_implementation,
     enable_gradient_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    resolve_attention,
 )
 from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
@@ -74,7 +75,7 @@ def load_dataset(path: str, tokenizer, cfg: TrainConfig, spec: LossSpec, split: 
         items, report = load_examples(path, tokenizer, opts, kind="unpaired")
         groups = [(it.prompt_ids, [it.completion_ids]) for it in items]
     if not items:
-        raise ConfigError(f"{path}: no usable records (see the data report for why)")
+        raise ConfigError(report.nothing_kept(path))
     return Dataset(items, groups), report
 
 
@@ -148,6 +149,7 @@ class Trainer(Loop):
         self.spec = get_loss(cfg.loss)
         self.desc = cfg.loss
         self.tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+        check_run_lengths(cfg, self.tokenizer, ("model", "ref_model"))
         self.train_ds, report = load_dataset(cfg.train_data, self.tokenizer, cfg, self.spec, cfg.train_split)
         eval_report = None
         if self.eval_source():
@@ -177,7 +179,7 @@ class Trainer(Loop):
         cfg = self.cfg
         ref_name = cfg.ref_model or cfg.model
         settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
-                    "attention": attn_implementation(cfg.attention)}
+                    "attention": resolve_attention(ref_name, cfg.attention, cfg.trust_remote_code)[0]}
         # (groups to score, where the [N, width] result goes)
         jobs = [(ds.groups, lambda logps, ds=ds: setattr(ds, "ref", logps))
                 for ds in [self.train_ds, self.eval_ds] if ds is not None]

@@ -34,6 +34,7 @@ matches (all of them when `times` is None); `match` is a substring of the reques
 prompt text, or a predicate over the parsed body.
 
 With `api_key` set, a request without `Authorization: Bearer <api_key>` gets 401.
+`serve_logprobs = False` answers without logprobs even when asked, as some servers do.
 `max_choices` caps the choices per reply, as servers that ignore `n` do.
 `max_in_flight` is the most requests the server was handling at one moment.
 """
@@ -115,6 +116,7 @@ class FakeOpenAIServer:
         self.responder = responder
         self.max_words = max_words
         self.max_choices = max_choices
+        self.serve_logprobs = True
         self.requests: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -228,7 +230,7 @@ class FakeOpenAIServer:
             n = min(n, self.max_choices)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         top_n = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
-        want_logprobs = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
+        want_logprobs = self.serve_logprobs and (bool(body.get("logprobs")) if chat else body.get("logprobs") is not None)
         choices, used = [], 0
         for i in range(n):
             tokens = self.reply_tokens(body, i)

@@ -4,6 +4,7 @@ Every case here was accepted (or crashed with a traceback) before: a wrong numbe
 a one-line error naming the key and its valid range, before any model is read.
 """
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -119,3 +120,48 @@ def test_data_block_sets_columns_and_binarization(tiny_model_dir, tmp_path):
     assert tok.decode(scored.chosen_ids).startswith("b") and tok.decode(scored.rejected_ids).startswith("a")
     with pytest.raises(ConfigError, match="data.binarize: 'best' is not one of"):
         load_config(None, BASE + ["data.binarize=best"])
+
+
+def _numeric_keys_without_range(cls, prefix=""):
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        union = isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union
+        args = typing.get_args(t) if union else (t,)
+        for a in args:
+            if dataclasses.is_dataclass(a):
+                yield from _numeric_keys_without_range(a, prefix + f.name + ".")
+        if any(a in (int, float) for a in args) and "range" not in f.metadata and "choices" not in f.metadata:
+            yield prefix + f.name
+
+
+def test_every_numeric_key_of_every_command_declares_its_range():
+    """`prefero rm learning_rate=0` once saved an untrained head: every number a command
+    reads is range-checked at load and its range shown in --help."""
+    import importlib
+
+    from prefero.cli import COMMANDS
+    from prefero.demo import DemoConfig
+
+    classes = [getattr(importlib.import_module(c.config.split(":")[0]), c.config.split(":")[1]) for c in COMMANDS]
+    missing = {cls.__name__: keys for cls in classes + [DemoConfig]
+               if (keys := list(_numeric_keys_without_range(cls)))}
+    assert missing == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=-1", "learning_rate must be > 0, got -1.0"),
+    ("learning_rate=0", "learning_rate must be > 0, got 0.0"),
+    ("warmup_ratio=1", r"warmup_ratio must be in \[0, 1\)"),
+    ("center_weight=-1", "center_weight must be >= 0"),
+])
+def test_rm_ranges_are_checked_at_load(override, message, capsys):
+    from prefero.cli import main
+
+    assert main(["rm", "model=m", "train_data=d", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err

@@ -500,7 +500,7 @@ def test_data_error_pickles_and_options_validate():
 def test_every_module_imports():
     import importlib
 
-    for name in ("errors", "report", "options", "read", "formats", "tokenize", "load"):
+    for name in ("errors", "report", "options", "read", "formats", "tokenize", "load", "limits"):
         importlib.import_module(f"prefero.data.{name}")
 
 

@@ -6,6 +6,7 @@ batch (greedy); a declared stop token cuts each greedy completion exactly where 
 unstopped run emitted it. Bad input -> one line naming file, row and field, or the key.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -202,10 +203,38 @@ def test_model_generation_defaults_do_not_change_the_completions(reference, tiny
     shutil.copytree(tiny_model_dir, model)
     gen_cfg = json.loads((model / "generation_config.json").read_text())
     gen_cfg.update(repetition_penalty=10.0, top_k=1, top_p=0.1, min_p=0.5, typical_p=0.2, temperature=0.01,
-                   min_new_tokens=5, no_repeat_ngram_size=2, do_sample=False)
+                   min_new_tokens=5, min_length=7, no_repeat_ngram_size=2, do_sample=False)
     (model / "generation_config.json").write_text(json.dumps(gen_cfg))
-    run_generate(config(model, prompts_file, tmp_path / "gen.jsonl"))
+    with transformers_warnings() as warned:
+        run_generate(config(model, prompts_file, tmp_path / "gen.jsonl"))
     assert (tmp_path / "gen.jsonl").read_bytes() == reference[0].read_bytes()
+    # issue 16.17: "Both `min_new_tokens` and `min_length` seem to have been set" came once per call
+    assert not [w for w in warned if "min_length" in w or "max_length" in w], warned
+
+
+@contextlib.contextmanager
+def transformers_warnings():
+    """The messages transformers logs while the block runs."""
+    import logging
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("transformers"), Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_no_length_warning_on_any_generate_call(tiny_model_dir, prompts_file, tmp_path):
+    with transformers_warnings() as warned:
+        run_generate(config(tiny_model_dir, prompts_file, tmp_path / "gen.jsonl", "max_new_tokens=2"))
+    assert not [w for w in warned if "min_length" in w or "max_length" in w], warned
 
 
 def greedy(model, prompts, output, *extra):
@@ -514,3 +543,21 @@ def test_openai_backend_end_to_end_with_faults_and_resume(tmp_path, monkeypatch)
     for path in out.parent.iterdir():
         assert KEY not in path.read_text()
     assert report["base_url"] == url and "PREFERO_GEN_KEY" not in json.dumps(report)
+
+
+def test_greedy_with_several_completions_is_a_config_error_before_any_work(tmp_path):
+    """temperature 0 with K > 1 once reached transformers' generate and raised there (in
+    selfplay, after its output directory was made): K greedy answers are one answer."""
+    from prefero.selfplay.config import SelfPlayConfig
+
+    with pytest.raises(ConfigError, match="temperature 0 .* num_completions=3 would give 3 identical"):
+        load_config(None, ["model=m", "prompts=p.jsonl", "output=o.jsonl", "temperature=0",
+                           "num_completions=3"], cls=GenerateConfig)
+    load_config(None, ["model=m", "prompts=p.jsonl", "output=o.jsonl", "temperature=0", "num_completions=1"],
+                cls=GenerateConfig)
+    out = tmp_path / "sp"
+    with pytest.raises(ConfigError, match="^generation: temperature 0"):
+        load_config(None, ["model=m", "prompts=p.jsonl", f"output_dir={out}", "generation.temperature=0",
+                           "judge.type=callable", "judge.function=examples/verifiers.py:arithmetic"],
+                    cls=SelfPlayConfig)
+    assert not out.exists()

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from prefero.attention import choose_attention, disable_dropout
 from prefero.batching import pack_groups
 from prefero.logprobs import CompletionLogProbs, padded_completion_logps
-from prefero.tiny import build_tiny_model
+from prefero.tiny import build_tiny_model, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -38,18 +39,24 @@ def rel_err(a, b):
 
 
 def model_pair(tokenizer, arch, seed):
-    """The same tiny weights twice: one with SDPA (padded reference), one with FlexAttention."""
-    dense = build_tiny_model(tokenizer, arch=arch, seed=seed).cuda()
+    """The same tiny weights twice: one with the family's padded implementation (SDPA, or
+    eager where it has none) as the reference, one with FlexAttention."""
+    dense = build_tiny_model(tokenizer, arch=arch, seed=seed)
+    dense.set_attn_implementation("eager" if arch == "gemma2" else "sdpa")
     flex = build_tiny_model(tokenizer, arch=arch, seed=seed)
     flex.set_attn_implementation("flex_attention")
-    return dense, flex.cuda()
+    disable_dropout(dense), disable_dropout(flex)
+    return dense.cuda(), flex.cuda()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+# The families `attention: auto` sends to FlexAttention on CUDA, with what each adds:
+# sliding windows (mistral, gemma2), attention and final-logit soft-capping (gemma2).
+# A failure here means auto must stop picking flex for that family (prefero/attention.py).
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2"])
 def test_flex_packed_equals_padded_with_gradients(tiny_tokenizer, arch):
     dense, flex = model_pair(tiny_tokenizer, arch, seed=1)
     engine = CompletionLogProbs(flex, chunk_size=7)
-    assert engine.flex
+    assert flex.config._attn_implementation == "flex_attention"
     # several layouts of different lengths: the compiled flex kernel must follow each one
     for seed in range(3):
         gs = groups(seed, n_groups=3 + seed)
@@ -61,6 +68,11 @@ def test_flex_packed_equals_padded_with_gradients(tiny_tokenizer, arch):
         g_plain = torch.autograd.grad((ref * w).sum(), list(dense.parameters()))
         for a, b in zip(g_flex, g_plain):
             assert rel_err(a, b) < 1e-4
+
+
+def test_auto_on_cuda_picks_sdpa_for_a_family_without_flex():
+    assert choose_attention("auto", tiny_config("gpt2", 32, 0, 1, 2))[0] == "sdpa"
+    assert choose_attention("auto", tiny_config("gemma2", 32, 0, 1, 2))[0] == "flex_attention"
 
 
 def test_flex_bf16_autocast_stays_close_to_fp32(tiny_tokenizer):

@@ -1,6 +1,6 @@
 """Judges: reward-model scores == a plain padded HF forward and == `prefero rm`'s scoring; the
 LLM judge's probabilities == a softmax over the answer tokens' logits worked by hand; position
-bias removed exactly; callables checked; the OpenAI judge against a real local HTTP server;
+bias removed exactly; callables checked (the OpenAI judge: tests/test_openai_judge.py);
 `prefero judge` resumes without redoing or duplicating rows; bad input names file, row, field.
 
 Tolerances: the judge runs several rows in one padded batch, the hand computation one row at
@@ -23,14 +23,14 @@ from jsonl_files import write_jsonl
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError, DataOptions, load_pairs
 from prefero.data.formats import Where
-from prefero.judges import Item, build_judge, compare_by_scores, ordered, pairwise_matrices, sigmoid, win_rates
+from prefero.cli import main
+from prefero.judges import (
+    Item, JudgeError, build_judge, compare_by_scores, ordered, pairwise_matrices, sigmoid, win_rates,
+)
 from prefero.judges.callable import CallableJudge, load_function
 from prefero.judges.config import JudgeConfig, JudgeRunConfig, check_template
 from prefero.judges.llm import LLMJudge, label_probabilities, needed_prefixes
-from prefero.judges.openai import OpenAIJudge, probs_from_logprobs
-from prefero.judges.prompts import (
-    PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE, expected_rating, parse_choice, parse_rating,
-)
+from prefero.judges.prompts import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
 from prefero.judges.reward_model import RewardModelJudge
 from prefero.judges.run import read_items, report_path, run_judge
 from prefero.model import load_causal_lm, load_tokenizer
@@ -117,6 +117,19 @@ def test_reward_model_scores_equal_prefero_rm_scoring(rm_judge, tmp_path):
         torch.testing.assert_close(torch.tensor(scores), want, rtol=RTOL, atol=0)
 
 
+def test_reward_model_scores_a_cut_completion_without_a_stop_token(rm_judge):
+    """A completion generate cut at max_new_tokens is scored as generated: an EOS after it
+    would score an answer the policy never finished as a finished one."""
+    tok, it = rm_judge.tokenizer, ITEMS[0]
+    cut_item = item(it.prompt, it.completions, record={"finish_reasons": ["length", "stop", "stop"]})
+    got = rm_judge.score([cut_item])[0]
+    prompt = [tok.bos_token_id] + tok.encode(it.prompt, add_special_tokens=False)
+    comps = [tok.encode(c, add_special_tokens=False) for c in it.completions]
+    want = score(rm_judge.model, tok, prompt, [comps[0]] + [c + [tok.eos_token_id] for c in comps[1:]])
+    torch.testing.assert_close(torch.tensor(got), want, rtol=RTOL, atol=0)
+    assert got[0] != rm_judge.score([it])[0][0]  # the EOS changes the score: the test can fail
+
+
 def test_reward_model_truncates_as_training_does_and_counts_it(rm_dir, rm_judge):
     cfg = JudgeConfig(type="reward_model", model=str(rm_dir), max_length=12, max_prompt_length=6).validate()
     judge = RewardModelJudge(cfg, model=rm_judge.model, tokenizer=rm_judge.tokenizer)
@@ -197,10 +210,18 @@ def test_llm_pairwise_equals_hand_softmax_and_is_debiased_exactly(llm_judge):
     assert one_order[0] == pytest.approx(p_first(c[0], c[1]), rel=RTOL)
     assert sum(one_order) == pytest.approx(1.0, rel=1e-12)
     want01 = 0.5 * (p_first(c[0], c[1]) + (1 - p_first(c[1], c[0])))  # ½[P(A | 0, 1) + P(B | 1, 0)]
-    forward, backward = llm_judge.compare([(it, 0, 1), (it, 1, 0)])
+    asked = []
+    original = llm_judge.choice_probs
+    llm_judge.choice_probs = lambda items, a, b: asked.append(len(items)) or original(items, a, b)
+    try:
+        forward, backward = llm_judge.compare([(it, 0, 1), (it, 1, 0)])
+    finally:
+        del llm_judge.choice_probs
     assert forward == pytest.approx(want01, rel=RTOL)
-    # exactly, not approximately: one order is computed, the other is 1 − it
-    assert backward == 1.0 - forward or forward == 1.0 - backward
+    # exactly, not approximately: the pair is computed once (its two orders shown to the
+    # model, 2 prompts), the other request is 1 − it, whatever the batch or thread count
+    assert asked == [2]
+    assert backward == 1.0 - forward
     # this model is position-biased: one order alone would not be 1 − the other
     assert abs(p_first(c[0], c[1]) - (1 - p_first(c[1], c[0]))) > 1e-3
 
@@ -263,7 +284,11 @@ def test_score_judges_compare_by_bradley_terry():
     assert p02 is None  # no score, no comparison
     assert sigmoid(-800.0) == 0.0 and sigmoid(800.0) == 1.0  # no overflow
     canonical, flipped = ordered([(it, 1, 0), (item("p", ["x", "x"]), 0, 1)])
-    assert [(i, j) for _, i, j in canonical] == [(0, 1)] and flipped == [True, None]
+    assert [(i, j) for _, i, j in canonical] == [(0, 1)] and flipped == [(0, True), None]
+    # both orders of one pair, and a repeated text, are one question: asked once
+    rep = item("p", ["a", "b", "a"])
+    canonical, flipped = ordered([(rep, 0, 1), (rep, 1, 0), (rep, 2, 1), (rep, 0, 2)])
+    assert [(i, j) for _, i, j in canonical] == [(0, 1)] and flipped == [(0, False), (0, True), (0, False), None]
 
 
 # --------------------------------------------------------------------------- callable judge
@@ -294,6 +319,10 @@ def test_callable_judge_module_and_file_and_row(tmp_path, monkeypatch):
         judge("checks_mod:nan").score([it])
     with pytest.raises(DataError, match=r"row 7: judge\.function 'checks_mod:boom' raised ValueError: cannot parse"):
         judge("checks_mod:boom").score([it])
+    import numpy as np
+
+    assert CallableJudge(JudgeConfig(type="callable", function="m:f"), fn=lambda p, c: [np.True_, np.False_]) \
+        .score([item("p", ["a", "b"])]) == [[1.0, 0.0]]  # numpy's bools count as Python's do
     for spec, message in [("no_such_module:f", r"cannot import 'no_such_module': ModuleNotFoundError"),
                           ("checks_mod:missing", r"'checks_mod' has no attribute 'missing'"),
                           ("checks_mod:NOT_A_FUNCTION", r"'checks_mod:NOT_A_FUNCTION' is a int, not a function"),
@@ -312,81 +341,6 @@ def test_example_verifiers(monkeypatch):
     assert arithmetic("Write a poem.", ["x"]) == [None]  # not an arithmetic prompt: no verdict
     exact = load_function("examples/verifiers.py:exact_answer")
     assert exact("Capital of France?", ["Paris.", " paris", "Lyon"], row={"answer": "Paris"}) == [1.0, 1.0, 0.0]
-
-
-# --------------------------------------------------------------------------- OpenAI judge
-
-
-@pytest.fixture()
-def server():
-    sys.path.insert(0, str(Path(__file__).parent))
-    from openai_server import FakeOpenAIServer
-
-    with FakeOpenAIServer() as s:
-        yield s
-
-
-def openai_cfg(server, **kw):
-    return JudgeConfig(type="openai", model="fake", base_url=server.base_url, api_key_env="JUDGE_TEST_KEY",
-                       max_retries=2, timeout=5.0, **kw).validate()
-
-
-def test_openai_rating_from_logprobs_text_and_unparseable(server, monkeypatch):
-    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret-judge-key")
-    server.api_key = "sk-secret-judge-key"  # requests without it get 401
-
-    def responder(body, choice):
-        text = body["messages"][-1]["content"]
-        if "sunny" in text:  # P(7) = .5, P(8) = .3 among the answers; "ok" is not one
-            return [("7", {"7": math.log(0.5), " 8": math.log(0.3), "ok": math.log(0.2)})]
-        if "cloudy" in text:
-            return "Rating: 4/10"
-        return "I would rather not say."
-    server.responder = responder
-    judge = OpenAIJudge(openai_cfg(server))
-    got = judge.score([item("Weather?", ["sunny", "cloudy", "foggy"])])
-    assert got == [[pytest.approx(7 * 0.5 / 0.8 + 8 * 0.3 / 0.8, rel=1e-12), 4.0, None]]
-    assert dict(judge.stats) == {"answers_from_logprobs": 1, "answers_from_text": 1, "unparseable_answers": 1}
-    body = server.requests[-1].body
-    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["temperature"] == 0.0
-    judge.close()
-
-
-def test_openai_pairwise_removes_a_judge_that_always_says_a(server):
-    """P(A) = .8 whatever is shown: the debiased P(i ≻ j) = ½(.8 + .2) = ½ for every pair."""
-    server.responder = lambda body, choice: [("A", {"A": math.log(0.8), "B": math.log(0.2)})]
-    judge = OpenAIJudge(JudgeConfig(type="openai", model="fake", base_url=server.base_url).validate())
-    matrix = pairwise_matrices(judge, [item("p", ["x", "y", "z"])])[0]
-    assert matrix == [[0.5] * 3] * 3
-    assert len(server.requests) == 6  # 3 pairs, both orders
-
-
-def test_openai_malformed_reply_is_counted_and_unreachable_is_one_line(server):
-    server.fail("malformed", match="broken")
-    judge = OpenAIJudge(JudgeConfig(type="openai", model="fake", base_url=server.base_url).validate())
-    server.responder = lambda body, choice: "8"
-    assert judge.score([item("p", ["fine", "broken"])]) == [[8.0, None]]
-    assert judge.stats["malformed_replies"] == 1 and judge.stats["unparseable_answers"] == 1
-    port = server.port
-    server.stop()
-    dead = OpenAIJudge(JudgeConfig(type="openai", model="fake", base_url=f"http://127.0.0.1:{port}/v1").validate())
-    with pytest.raises(ConfigError, match=r"^judge\.base_url: cannot connect to http://127\.0\.0\.1:\d+/v1/chat"):
-        dead.score([item("p", ["x"])])
-
-
-def test_probs_from_logprobs_skips_formatting_tokens():
-    from prefero.openai_client import TokenLogprob
-
-    tokens = [TokenLogprob("**", -0.1, {"**": -0.1}), TokenLogprob("B", math.log(0.6), {"B": math.log(0.6), " A": math.log(0.2)})]
-    assert probs_from_logprobs(tokens, ["A", "B"]) == pytest.approx([0.25, 0.75], rel=1e-12)
-    assert probs_from_logprobs([TokenLogprob("Sure", -0.1, {})], ["A", "B"]) is None
-
-
-def test_parsers_take_only_an_answer_the_reply_starts_with():
-    assert [parse_rating(t) for t in ["7", "Rating: 9", "**10/10**", "7.5", "11", "I'd say 7"]] == [7, 9, 10, None, None, None]
-    assert [parse_choice(t) for t in ["A", "**B**", "Response A is better", "A good one is B", "b", "C"]] == \
-        ["A", "B", "A", None, None, None]
-    assert expected_rating([0.0] * 6 + [0.5, 0.5, 0.0, 0.0]) == 7.5
 
 
 # --------------------------------------------------------------------------- prefero judge
@@ -428,7 +382,8 @@ def test_run_judge_rows_report_and_resume_without_redoing(tmp_path, monkeypatch)
     out = [json.loads(x) for x in (tmp_path / "judged.jsonl").read_text().splitlines()]
     want = [[len(c) % 5 for c in r["completions"]] for r in rows]
     assert [r["scores"] for r in out] == want
-    assert [r["index"] for r in out] == list(range(7)) and [r["extra"] for r in out] == list(range(7))
+    # each row keeps its input's own index (resume keys on it too)
+    assert [r["index"] for r in out] == [100 + i for i in range(7)] and [r["extra"] for r in out] == list(range(7))
     assert not list(tmp_path.glob("judged.partial*"))
     # uninterrupted run: the same bytes
     run_judge(judge_config(tmp_path, f"output={tmp_path / 'again.jsonl'}"))
@@ -446,22 +401,62 @@ def test_run_judge_rows_report_and_resume_without_redoing(tmp_path, monkeypatch)
         run_judge(judge_config(tmp_path))
 
 
-def test_run_judge_pairwise_rows_carry_the_matrix(tmp_path, server, monkeypatch):
-    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret-judge-key")
-    server.api_key = "sk-secret-judge-key"
-    server.responder = lambda body, choice: "A" if "[Response A]\nlong" in body["messages"][-1]["content"] else "B"
-    write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "p", "completions": ["long", "short", "short"]}])
-    cfg = load_config(None, [f"input={tmp_path / 'gen.jsonl'}", f"output={tmp_path / 'j.jsonl'}", "mode=pairwise",
-                             "judge.type=openai", "judge.model=fake", f"judge.base_url={server.base_url}",
-                             "judge.top_logprobs=0", "judge.api_key_env=JUDGE_TEST_KEY"], cls=JudgeRunConfig)
-    report = run_judge(cfg)
-    for path in tmp_path.iterdir():  # the key is sent, and written nowhere
-        assert "sk-secret" not in path.read_text(), path
-    row = json.loads((tmp_path / "j.jsonl").read_text())
-    # "long" wins both orders; short vs short is the same text: ½ without asking
-    assert row["pairwise"] == [[0.5, 1.0, 1.0], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5]]
-    assert row["scores"] == pytest.approx([2.5 / 3, 1 / 3, 1 / 3], rel=1e-12)
-    assert report["null_comparisons"] == 0 and report["ties"]["rows_best_tied"] == 0
+LENGTHS = "def lengths(prompt, completions):\n    return [float(len(c)) for c in completions]\n"
+
+
+def test_judge_keeps_the_input_index_and_finish_reasons_so_filtering_changes_no_label(tmp_path):
+    """Rows 17 and 42 stay 17 and 42 (not 0 and 1), generate's finish_reasons ride along,
+    and `rejected: random` (seeded by index) picks the same for a row judged among all
+    rows or after the others were filtered out."""
+    (tmp_path / "v.py").write_text(LENGTHS)
+    rows = [{"index": i, "prompt": f"p{i}", "completions": ["a" * (k + 1) for k in range(6)],
+             "finish_reasons": ["stop"] * 5 + ["length"]} for i in range(60)]
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    write_jsonl(tmp_path / "some.jsonl", [rows[17], rows[42]] + rows[50:])
+
+    def judge_and_label(name):
+        assert main(["judge", f"input={tmp_path / name}.jsonl", f"output={tmp_path / name}.judged.jsonl",
+                     "judge.type=callable", f"judge.function={tmp_path / 'v.py'}:lengths"]) == 0
+        assert main(["label", f"input={tmp_path / name}.judged.jsonl", f"output={tmp_path / name}.pairs.jsonl",
+                     "rejected=random", "keep_truncated=true"]) == 0
+        judged = [json.loads(x) for x in open(f"{tmp_path / name}.judged.jsonl")]
+        return judged, {r["index"]: r["rejected"] for r in map(json.loads, open(f"{tmp_path / name}.pairs.jsonl"))}
+
+    judged, every = judge_and_label("all")
+    some_judged, some = judge_and_label("some")
+    assert [r["index"] for r in some_judged][:3] == [17, 42, 50]
+    assert some_judged[0]["finish_reasons"] == ["stop"] * 5 + ["length"]
+    assert some == {i: every[i] for i in some}
+    assert len(set(every.values())) > 1  # the random choice does vary over rows
+    # duplicated indices (two generate files concatenated) cannot be ids: positions then
+    write_jsonl(tmp_path / "dup.jsonl", [rows[0], rows[0]])
+    assert main(["judge", f"input={tmp_path / 'dup.jsonl'}", f"output={tmp_path / 'dup.judged.jsonl'}",
+                 "judge.type=callable", f"judge.function={tmp_path / 'v.py'}:lengths"]) == 0
+    assert [json.loads(x)["index"] for x in open(tmp_path / "dup.judged.jsonl")] == [0, 1]
+
+
+def test_non_finite_or_overflowing_scores_are_refused_naming_the_row(tmp_path, rm_judge, capsys):
+    """10**400 from a callable, NaN from a reward model: one line naming the row, and
+    nothing of the batch written (no NaN in judged.jsonl, no report lost to pstdev)."""
+    (tmp_path / "huge.py").write_text("def huge(prompt, completions):\n    return [1, 10**400]\n")
+    write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "p", "completions": ["a", "b"]}])
+    code = main(["judge", f"input={tmp_path / 'gen.jsonl'}", f"output={tmp_path / 'j.jsonl'}", "judge.type=callable",
+                 f"judge.function={tmp_path / 'huge.py'}:huge"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "gen.jsonl: row 1, field 'completions[1]'" in err and "too large" in err
+    assert not (tmp_path / "j.jsonl").exists()
+    assert not (tmp_path / "j.partial.jsonl").exists() or not (tmp_path / "j.partial.jsonl").read_text()
+    from prefero.judges.run import judge_rows
+
+    weight = rm_judge.model.score.weight.data.clone()
+    rm_judge.model.score.weight.data.fill_(float("nan"))
+    try:
+        with pytest.raises(JudgeError, match=r"^rows\.jsonl: row 2, field 'completions\[0\]': the judge gave the "
+                                             r"score nan; expected a finite number"):
+            judge_rows(rm_judge, [ITEMS[1]], "pointwise", [0])
+    finally:
+        rm_judge.model.score.weight.data.copy_(weight)
 
 
 def test_bad_input_names_file_row_and_field(tmp_path):
@@ -485,8 +480,12 @@ def test_config_errors_name_the_key(tmp_path):
         (["judge.type=llm", "judge.model=m", "judge.base_url=http://x"], r"judge\.base_url is not a setting of judge type 'llm'"),
         (["judge.type=callable", "judge.function=m:f", "mode=pairwise"], r"mode: pairwise needs a judge that compares"),
         (["judge.type=openai", "judge.model=m"], r"judge\.base_url is required"),
+        (["judge.type=openai", "judge.model=m", "judge.base_url=localhost:8000/v1"],
+         r"^judge\.base_url: expected an http\(s\) URL"),
         (["judge.type=openai", "judge.model=m", "judge.base_url=http://x", "judge.top_logprobs=50"],
          r"judge\.top_logprobs must be in \[0, 20\], got 50"),
+        (["judge.type=openai", "judge.model=m", "judge.base_url=http://x", "judge.max_unparseable=2"],
+         r"judge\.max_unparseable must be in \[0, 1\], got 2"),
         (["judge.type=llm", "judge.model=m", "judge.pointwise_template=Rate {completion}"], r"must contain \{prompt\}"),
         (["judge.type=llm", "judge.model=m", "judge.pairwise_template={prompt} {a} {b} {c}"], r"unknown placeholder"),
         (["judge.type=callable", "judge.function=m:f", "batch_size=0"], r"batch_size must be >= 1, got 0"),
@@ -504,6 +503,26 @@ def test_judges_do_not_import_the_training_loop():
             "print(sorted(m for m in sys.modules if m in ('prefero.loop', 'prefero.train', 'prefero.reward_model')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_judge_type_switched_on_the_command_line_drops_the_files_other_keys(tmp_path, capsys):
+    """examples/judge.yaml is a reward-model judge (model, max_length, max_prompt_length):
+    `judge.type=callable` switches it without clearing those; a key given next to the
+    switch that the new type does not read is still refused."""
+    from prefero.judges.config import type_switch_overrides
+
+    (tmp_path / "v.py").write_text(LENGTHS)
+    write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "p", "completions": ["a", "bb"]}])
+    base = ["judge", str(ROOT / "examples" / "judge.yaml"), f"input={tmp_path / 'gen.jsonl'}",
+            f"output={tmp_path / 'j.jsonl'}", "judge.type=callable", f"judge.function={tmp_path / 'v.py'}:lengths"]
+    assert main(base) == 0
+    assert json.loads((tmp_path / "j.jsonl").read_text())["scores"] == [1.0, 2.0]
+    assert main(base + ["overwrite=true", "judge.model=m"]) == 2
+    assert "judge.model is not a setting of judge type 'callable'" in capsys.readouterr().err
+    values = {"judge": {"type": "reward_model", "model": "rm", "max_length": 64, "dtype": "bfloat16"}}
+    assert type_switch_overrides(values, ["judge.type=llm"]) == ["judge.max_length=1024"]  # llm reads model, dtype
+    assert type_switch_overrides({"eval": values}, ["eval.judge.type=openai", "eval.judge.dtype=float32"]) == \
+        ["eval.judge.max_length=1024"]
 
 
 def test_example_config_loads():

@@ -112,6 +112,53 @@ def test_random_rejected_is_lower_seeded_by_index_and_order_free(tmp_path):
     assert {r["index"]: r["rejected"] for r in other} != picked
 
 
+# Completions cut at max_new_tokens (finish reason "length"): row 0's chosen, row 1's rejected,
+# row 2's third completion (neither chosen nor rejected), row 3 none.
+CUT = [{"prompt": f"q{i}", "completions": ["best", "mid", "worst"], "scores": [3, 2, 1], "index": i,
+        "finish_reasons": reasons}
+       for i, reasons in enumerate([["length", "stop", "stop"], ["stop", "stop", "length"],
+                                    ["stop", "length", "stop"], ["stop", "stop", "stop"]])]
+
+
+@pytest.mark.parametrize("fmt", ["pairs", "sppo"])
+def test_cut_completions_are_dropped_and_counted_or_kept_marked(tmp_path, fmt):
+    report, out = label(tmp_path, CUT, f"format={fmt}")
+    assert [r["index"] for r in out] == [2, 3]
+    assert report["dropped"] == {"truncated": 2} and report["kept"] == 2 and report["truncated_kept"] == 0
+    assert all("chosen_truncated" not in r and "rejected_truncated" not in r for r in out)
+    report, out = label(tmp_path, CUT, f"format={fmt}", "keep_truncated=true", name="kept.jsonl")
+    assert report["dropped"] == {} and report["kept"] == 4 and report["truncated_kept"] == 2
+    marks = [{k: r[k] for k in ("chosen_truncated", "rejected_truncated") if k in r} for r in out]
+    assert marks == [{"chosen_truncated": True}, {"rejected_truncated": True}, {}, {}]
+
+
+def test_no_row_kept_fails_in_one_line_with_the_reasons(tmp_path, capsys):
+    from prefero.cli import main
+
+    rows = [{"prompt": f"t{i}", "completions": ["a", "b"], "scores": [1, 1]} for i in range(3)]
+    rows += [{"prompt": "n", "completions": ["a", "b"], "scores": [1, None]}]
+    write_jsonl(tmp_path / "judged.jsonl", rows)
+    code = main(["label", f"input={tmp_path / 'judged.jsonl'}", f"output={tmp_path / 'out.jsonl'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "no row kept of 4 read (tied_scores: 3, null_scores: 1)" in err
+    assert not (tmp_path / "out.jsonl").exists()
+    assert json.loads((tmp_path / "out.report.json").read_text())["dropped"] == {"null_scores": 1, "tied_scores": 3}
+
+
+def test_huge_scores_give_a_valid_json_report(tmp_path):
+    """Scores of ±1e308 are finite, but their gap is not a float: null, never `Infinity`."""
+    rows = [{"prompt": "p", "completions": ["a", "b"], "scores": [1e308, -1e308], "index": 0},
+            {"prompt": "q", "completions": ["a", "b"], "scores": [1e308, -1e308], "index": 1}]
+    report, out = label(tmp_path, rows, "format=sppo")
+    text = (tmp_path / "out.report.json").read_text()
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"report holds {c}"))
+    assert strict["mean_score_gap"] is None
+    assert report["mean_p_gap"] == pytest.approx(0.5, rel=1e-12)  # P̂ = (½ + 1)/2 and (0 + ½)/2
+    _, out2 = label(tmp_path, [{**r, "scores": [3e307, -3e307]} for r in rows], name="finite.jsonl")
+    assert json.loads((tmp_path / "finite.report.json").read_text())["mean_score_gap"] == pytest.approx(6e307)
+
+
 def test_bad_rows_name_file_row_and_field(tmp_path):
     good = {"prompt": "p", "completions": ["a", "b"], "scores": [1, 0]}
     cases = [
@@ -122,6 +169,7 @@ def test_bad_rows_name_file_row_and_field(tmp_path):
         ({**good, "pairwise": [[0.5, 0.7]]}, "pairwise", r"expected a 2×2 matrix"),
         ({**good, "pairwise": [[0.5, 1.5], [0.0, 0.5]]}, "pairwise", r"P\[0\]\[1\] is 1.5; expected a probability"),
         ({"completions": ["a", "b"], "scores": [1, 0]}, "prompt", "missing"),
+        ({**good, "finish_reasons": ["stop"]}, "finish_reasons", "expected a list of 2 strings"),
     ]
     for bad, field, problem in cases:
         write_jsonl(tmp_path / "bad.jsonl", [good, bad])

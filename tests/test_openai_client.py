@@ -124,31 +124,47 @@ def test_gives_up_after_max_retries(server, key_env):
     assert e.value.status == 500 and "\n" not in str(e.value)
 
 
-def test_malformed_json_is_a_clear_error_or_returned_raw(server, key_env):
-    server.fail("malformed", times=2)
-    with client_for(server, key_env) as client:
-        with pytest.raises(OpenAIError, match=r"malformed reply \(invalid JSON"):
+def test_malformed_json_is_retried_then_a_clear_error_or_returned_raw(server, key_env):
+    """A 200 whose body is cut off is retried like a 5xx; still broken after the retries, it
+    is an error (or, asked for, the raw reply)."""
+    server.fail("malformed", times=1)
+    with client_for(server, key_env, max_retries=2) as client:
+        reply = client.chat(HI)
+    assert reply.parsed and reply.attempts == 2 and [r.fault for r in server.requests] == ["malformed", None]
+    server.fail("malformed")
+    with client_for(server, key_env, max_retries=1) as client:
+        with pytest.raises(OpenAIError, match=r"malformed reply \(invalid JSON.*gave up after 2 attempts"):
             client.chat(HI)
         reply = client.chat(HI, on_malformed="return")
-    assert len(server.requests) == 2  # a 200 with a broken body is not retried
+    assert len(server.requests) == 2 + 2 + 2
     assert not reply.parsed and reply.choices == [] and reply.error.startswith("invalid JSON")
     assert reply.raw.startswith('{"id": "x", "choices": [')
 
 
 def test_missing_fields_are_named(server, key_env):
-    server.fail("incomplete", times=1)
-    with client_for(server, key_env) as client, pytest.raises(OpenAIError, match="missing field 'choices'"):
+    server.fail("incomplete", times=2)
+    with client_for(server, key_env, max_retries=1) as client, pytest.raises(OpenAIError, match="missing field 'choices'"):
         client.chat(HI)
 
 
-def test_logprobs_asked_but_absent_is_malformed(key_env):
-    """A server that drops the logprobs silently would give a judge nothing to read."""
+def test_logprobs_asked_but_absent_leave_the_text(key_env):
+    """Some servers never return logprobs: the reply is still a reply, its text readable."""
     with FakeOpenAIServer(api_key=KEY) as server:
+        server.serve_logprobs = False
         with client_for(server, key_env) as client:
-            reply = client.chat(HI, extra_body={"logprobs": False}, top_logprobs=None)
-            assert reply.parsed and reply.choices[0].logprobs is None
-            bad = client.chat(HI, top_logprobs=2, extra_body={"logprobs": False}, on_malformed="return")
-    assert not bad.parsed and "logprobs were asked for" in bad.error
+            reply = client.chat(HI, top_logprobs=2)
+    assert reply.parsed and reply.attempts == 1 and reply.choices[0].logprobs is None and reply.texts[0]
+
+
+def test_retry_after_beyond_the_limit_is_a_server_down_now(server, key_env):
+    """Retry-After: 100000 (beyond MAX_RETRY_AFTER) fails at once, saying so, rather than
+    sleeping a day or hammering a server that asked for quiet."""
+    server.fail("429", retry_after=100000)
+    start = time.monotonic()
+    with client_for(server, key_env, max_retries=5) as client, pytest.raises(OpenAIError) as e:
+        client.chat(HI)
+    assert len(server.requests) == 1 and time.monotonic() - start < 2.0
+    assert "asks to wait 100000 s (Retry-After), more than 600 s: treated as down" in str(e.value)
 
 
 def test_unreachable_endpoint_fails_fast():
@@ -241,7 +257,58 @@ def test_parse_retry_after():
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
-    assert parse_retry_after("100000") is None  # beyond MAX_RETRY_AFTER: treated as down, backoff applies
+    assert parse_retry_after("100000") is None  # beyond MAX_RETRY_AFTER: the caller treats the server as down
     assert parse_retry_after("-3") == 0.0
     # HTTP date 5 s ahead; the header has 1 s resolution, so 4..5 s (+ clock drift of the test)
     assert 3.5 <= parse_retry_after(formatdate(time.time() + 5, usegmt=True)) <= 5.5
+
+
+# --------------------------------------------------------------------------- several endpoints
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the block ends
+    return f"http://user:hunter2@127.0.0.1:{port}/v1"
+
+
+def test_requests_spread_over_endpoints_and_a_dead_one_is_skipped(key_env):
+    with FakeOpenAIServer(api_key=KEY, seed=3) as a, FakeOpenAIServer(api_key=KEY, seed=3) as b, \
+            FakeOpenAIServer(api_key=KEY, seed=3) as broken:
+        broken.fail("500")  # answers, but never well: down after its retries
+        dead = closed_port_url()
+        urls = [a.base_url, dead, b.base_url, broken.base_url]
+        with OpenAIClient(urls, "fake-model", api_key_env=key_env, max_retries=1, backoff=0.01,
+                          max_backoff=0.02) as client:
+            replies = client.map(lambda k: client.chat(HI, seed=k), range(12))
+        assert all(r.parsed for r in replies)
+        assert len(a.requests) >= 3 and len(b.requests) >= 3  # both live servers took their share
+        report = client.endpoint_report()
+        assert client.endpoints_down == 2
+        down = {url: state["down"] for url, state in report.items() if state["down"]}
+        assert set(down) == {dead.replace("user:hunter2@", ""), broken.base_url}
+        assert "hunter2" not in str(report)
+        # the same seed gives the same reply whichever server answered (same model, same seed)
+        with OpenAIClient(a.base_url, "fake-model", api_key_env=key_env) as one:
+            assert [r.texts for r in replies] == [one.chat(HI, seed=k).texts for k in range(12)]
+
+
+def test_every_endpoint_down_fails_with_one_line(key_env):
+    with FakeOpenAIServer(api_key=KEY) as broken:
+        broken.fail("500")
+        with OpenAIClient([closed_port_url(), broken.base_url], "m", api_key_env=key_env, max_retries=1,
+                          backoff=0.01, max_backoff=0.02) as client, pytest.raises(OpenAIError) as e:
+            client.chat(HI)
+    message = str(e.value)
+    assert message.startswith("every endpoint of base_url is down (2); the last: ") and "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_a_request_error_is_not_blamed_on_the_endpoint(key_env):
+    """401 (a wrong key) is the request's fault: it fails at once, no endpoint is marked down."""
+    with FakeOpenAIServer(api_key="another-key") as a, FakeOpenAIServer(api_key="another-key") as b:
+        with OpenAIClient([a.base_url, b.base_url], "m", api_key_env=key_env) as client:
+            with pytest.raises(OpenAIError, match="HTTP 401"):
+                client.chat(HI)
+            assert client.endpoints_down == 0

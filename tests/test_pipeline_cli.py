@@ -30,12 +30,25 @@ def test_generate_judge_label_train(fmt, loss, tiny_model_dir, tmp_path, capsys)
                  "num_completions=4", "max_new_tokens=16", "temperature=1.0", "seed=0"]) == 0
     assert main(["judge", f"input={gen}", f"output={judged}", "judge.type=callable",
                  f"judge.function={verifier}:longer_is_better"]) == 0
-    assert main(["label", f"input={judged}", f"output={pairs}", f"format={fmt}"]) == 0
+    # completions cut at max_new_tokens=16 are not finished answers: dropped by default, counted
+    judged_rows = rows(judged)
+    cut = 0
+    for r in judged_rows:
+        assert len(r["finish_reasons"]) == len(r["completions"])  # carried through the judge
+        s = r["scores"]
+        best, worst = s.index(max(s)), s.index(min(s))
+        cut += "length" in (r["finish_reasons"][best], r["finish_reasons"][worst])
+    assert cut > 0  # a tiny random model rarely ends an answer itself
+    code = main(["label", f"input={judged}", f"output={tmp_path / 'strict.jsonl'}", f"format={fmt}"])
+    assert json.load(open(tmp_path / "strict.report.json"))["dropped"] == {"truncated": cut}
+    assert code == (2 if cut == 4 else 0)
+    assert main(["label", f"input={judged}", f"output={pairs}", f"format={fmt}", "keep_truncated=true"]) == 0
     out = capsys.readouterr().out
     assert "prefero generate: 4 prompts x 4 completions" in out and "prefero judge: 4 rows" in out
     for row in rows(judged):
         assert row["scores"] == [float(len(c)) for c in row["completions"]]
     labelled = rows(pairs)
+    assert sum(bool(r.get("chosen_truncated") or r.get("rejected_truncated")) for r in labelled) == cut
     by_prompt = {json.dumps(r["prompt"]): r for r in rows(judged)}
     for r in labelled:
         scores = by_prompt[json.dumps(r["prompt"])]["scores"]

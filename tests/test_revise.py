@@ -252,7 +252,12 @@ def test_outputs_load_and_train(reference, tiny_model_dir, tmp_path):
     prompt_ids = tok.encode(tok.apply_chat_template(first["prompt"], add_generation_prompt=True, tokenize=False),
                             add_special_tokens=False)
     assert pairs[0].prompt_ids == prompt_ids  # the chat template, one BOS
-    assert pairs[0].chosen_ids[-1] == pairs[0].rejected_ids[-1] == tok.eos_token_id
+    # one EOS ends each finished text; a text cut at max_new_tokens is marked and gets none
+    for side in ("chosen", "rejected"):
+        ends = getattr(pairs[0], f"{side}_ids")[-1] == tok.eos_token_id
+        assert ends == (not first.get(f"{side}_truncated", False)), side
+    rows = rows_of(out / "pairs.jsonl")
+    assert any(r.get("chosen_truncated") or r.get("rejected_truncated") for r in rows)  # 8 tokens cut most
     for loss, data in (("dpo", "pairs.jsonl"), ("sft", "sft.jsonl")):
         cfg = load_config(None, [f"model={tiny_model_dir}", f"train_data={out / data}", f"output_dir={tmp_path / loss}",
                                  f"loss={loss}", "max_steps=2", "batch_size=2", "max_length=128",
@@ -280,18 +285,23 @@ def test_derive_rows_worked_example():
                            {"principle": "b", "revision": revision, "revision_finish_reason": finish}]}
 
     transcripts = [transcript(0, "old", "new"), transcript(1, "same", " same\n"), transcript(2, "old", "  "),
-                   transcript(3, "old", "cut off", "length"), transcript(4, " ", "new")]
+                   transcript(3, "old", "cut off", "length"), transcript(4, " ", "new"),
+                   {**transcript(5, "an original cut", "new"), "response_finish_reason": "length"}]
     sft, pairs, dropped = derive_rows(transcripts, drop_truncated=True)
-    assert [r["index"] for r in sft] == [0, 1, 4] and [r["index"] for r in pairs] == [0]
+    assert [r["index"] for r in sft] == [0, 1, 4, 5] and [r["index"] for r in pairs] == [0]
     assert sft[0] == {"index": 0, "prompt": [{"role": "user", "content": "q0"}], "completion": "new",
                       "principles": ["a", "b"]}
     assert pairs[0] == {"index": 0, "prompt": [{"role": "user", "content": "q0"}], "chosen": "new",
                         "rejected": "old", "principles": ["a", "b"]}
     assert dropped == {"sft": {"blank_revision": 1, "revision_hit_max_new_tokens": 1},
-                       "pairs": {"blank_original": 1, "blank_revision": 1, "revision_hit_max_new_tokens": 1,
-                                 "revision_unchanged": 1}}
+                       "pairs": {"blank_original": 1, "blank_revision": 1, "original_hit_max_new_tokens": 1,
+                                 "revision_hit_max_new_tokens": 1, "revision_unchanged": 1}}
+    # kept, the cut texts are marked as label marks them (one rule: prefero.label.was_cut)
     sft, pairs, dropped = derive_rows(transcripts, drop_truncated=False)
-    assert [r["index"] for r in sft] == [0, 1, 3, 4] and [r["index"] for r in pairs] == [0, 3]
+    assert [r["index"] for r in sft] == [0, 1, 3, 4, 5] and [r["index"] for r in pairs] == [0, 3, 5]
+    assert [r.get("completion_truncated", False) for r in sft] == [False, False, True, False, False]
+    assert [(r.get("chosen_truncated", False), r.get("rejected_truncated", False)) for r in pairs] == \
+        [(False, False), (True, False), (False, True)]
 
 
 def test_killed_run_resumes_to_the_same_files(tiny_model_dir, tmp_path):

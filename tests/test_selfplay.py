@@ -42,6 +42,7 @@ def sppo_overrides(model, data, out, *extra):
     return [
         f"model={model}", f"prompts={data / 'prompts.jsonl'}", f"eval_prompts={data / 'heldout.jsonl'}",
         "iterations=2", "prompts_per_iteration=3", f"output_dir={out}",
+        "keep_truncated=true",  # a tiny random model never ends an answer itself
         "judge.type=callable", f"judge.function={Path(__file__)}:length_judge",
         "generation.num_completions=3", "generation.max_new_tokens=8", "generation.batch_size=3",
         # a tiny random model needs a small η (β = 1/η = 0.5): the paper's η = 1000 would
@@ -230,7 +231,7 @@ def test_a_kill_at_every_stage_boundary_resumes_to_the_same_files(uninterrupted,
 def iterative_cfg(model, data, out, *extra):
     return load_config(None, [
         f"model={model}", f"prompts={data / 'prompts.jsonl'}", "iterations=2", "prompts_per_iteration=2",
-        f"output_dir={out}", "method=iterative", "judge.type=callable",
+        f"output_dir={out}", "method=iterative", "judge.type=callable", "keep_truncated=true",
         f"judge.function={Path(__file__)}:length_judge", "generation.num_completions=2",
         "generation.max_new_tokens=6", "train.learning_rate=1e-4", "train.batch_size=2", "train.max_steps=1",
         "train.max_length=48", "train.max_prompt_length=24", "train.reference_cache=off", *extra,
@@ -372,7 +373,7 @@ def test_run_directory_resumes_refuses_or_replaces(tmp_path):
         sp_run.prepare_output_dir(cfg)
 
 
-def test_an_iteration_without_a_preference_is_an_error_naming_the_judged_file(tmp_path, monkeypatch):
+def test_an_iteration_without_a_preference_is_an_error_naming_the_judged_file(tmp_path, monkeypatch, tiny_model_dir):
     def same_completions(cfg):  # a policy that says the same thing K times: all tied
         rows = [{"index": i, "prompt": r["prompt"], "completions": ["same answer"] * cfg.num_completions,
                  "finish_reasons": ["stop"] * cfg.num_completions, "tokens": 4}
@@ -382,7 +383,7 @@ def test_an_iteration_without_a_preference_is_an_error_naming_the_judged_file(tm
 
     monkeypatch.setattr(sp_run, "run_generate", same_completions)
     data = prompt_files(tmp_path / "data")
-    cfg = iterative_cfg("unused-model", data, tmp_path / "run")
+    cfg = iterative_cfg(tiny_model_dir, data, tmp_path / "run")  # checked before anything is created, never loaded
     with pytest.raises(DataError, match=r"judged.jsonl: field 'scores': no row gives a preference \(2 read, dropped: "
                                         r"\{'tied_scores': 2\}\); iteration 1 has nothing to train on"):
         run_selfplay(cfg)

@@ -4,8 +4,9 @@
     report.write("out/data_report.json")
 
 Modules: `read` (files, saved datasets, hub -> records), `formats` (record shapes and
-validation), `tokenize` (chat templates, EOS/BOS rules, truncation), `load` (the
-loaders), `report` (counts by reason), `errors` (`DataError`).
+validation), `tokenize` (chat templates, EOS/BOS and end-of-turn rules, truncation),
+`load` (the loaders), `report` (counts by reason), `limits` (a model's context limit),
+`errors` (`DataError`).
 """
 
 from prefero.data.errors import DataError

@@ -23,6 +23,12 @@ Shapes for pairs:
   strictly below the best (a completion tied with the best expresses no preference).
   All scores equal -> dropped as "tied_scores".
 - win probabilities: any pair shape plus {p_chosen, p_rejected} floats in [0, 1].
+
+Completions cut at generation's token limit (SPEC §4: a cut answer is not a finished one)
+are marked, never guessed: `chosen_truncated` / `rejected_truncated` (pairs, SPPO rows)
+and `completion_truncated` (unpaired, SFT rows) are optional booleans the label stage
+writes; a scored record may carry generate's `finish_reasons` ("length" = cut). A
+marked completion is tokenized without a stop token (`prefero.data.tokenize`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ ROLES = ("system", "user", "assistant", "tool")
 #: A prompt may end with a tool result: the assistant's next turn is the completion.
 PROMPT_END_ROLES = ("user", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
+#: Row fields marking a completion cut at generation's token limit, by completion.
+CUT_FIELDS = {"chosen": "chosen_truncated", "rejected": "rejected_truncated", "completion": "completion_truncated"}
+FINISH_REASONS = "finish_reasons"  # generate's per-completion "stop" | "length", in scored records
 
 Text = Union[str, list]  # plain text, or a list of {role, content} messages
 
@@ -70,6 +79,8 @@ class RawPair:
     rejected: Text
     p_chosen: float | None = None
     p_rejected: float | None = None
+    chosen_cut: bool = False  # generation stopped at its token limit: not a finished answer
+    rejected_cut: bool = False
 
 
 @dataclass
@@ -77,6 +88,7 @@ class RawExample:
     prompt: Text
     completion: Text
     label: bool | None = None
+    cut: bool = False  # generation stopped at its token limit: not a finished answer
 
 
 def is_conversational(text: Text) -> bool:
@@ -110,8 +122,37 @@ def parse_pair(record: dict, opts: DataOptions, where: Where) -> RawPair:
         else:
             prompt = _text(record[opts.prompt_column], opts.prompt_column, where)
             pair = _normalize_pair(prompt, chosen, rejected, opts, where)
+        pair.chosen_cut = cut_flag(record, CUT_FIELDS["chosen"], where)
+        pair.rejected_cut = cut_flag(record, CUT_FIELDS["rejected"], where)
     pair.p_chosen, pair.p_rejected = _win_probabilities(record, opts, where)
     return pair
+
+
+def cut_flag(record: dict, field: str, where: Where) -> bool:
+    """An optional boolean marking a completion as cut at the token limit (absent: not cut)."""
+    value = record.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise where.error(field, f"expected true or false, got {value!r}")
+    return value
+
+
+def was_cut(finish_reason) -> bool:
+    """Whether a completion stopped at the token limit instead of ending itself: finish
+    reason "length", as prefero's samplers and OpenAI-compatible servers report it. The
+    one rule for the data reader, the judges, label, revise and self-play."""
+    return finish_reason == "length"
+
+
+def _finish_reasons(record: dict, n: int, where: Where) -> list[bool]:
+    """Which of a scored record's `n` completions were cut, from generate's finish_reasons."""
+    reasons = record.get(FINISH_REASONS)
+    if reasons is None:
+        return [False] * n
+    if not isinstance(reasons, list) or len(reasons) != n or not all(isinstance(r, str) for r in reasons):
+        raise where.error(FINISH_REASONS, f"expected a list of {n} strings (one per completion), got {reasons!r}")
+    return [was_cut(r) for r in reasons]
 
 
 def _normalize_pair(prompt: Text, chosen: Text, rejected: Text, opts: DataOptions, where: Where) -> RawPair:
@@ -202,8 +243,11 @@ def _scored_pair(record: dict, opts: DataOptions, where: Where) -> RawPair:
     chosen, rejected = completions[best], completions[worst]
     if chosen == rejected:
         raise Dropped("identical_chosen_rejected")
+    cut = _finish_reasons(record, len(completions), where)
     try:
-        return _normalize_pair(prompt, chosen, rejected, opts, where)
+        pair = _normalize_pair(prompt, chosen, rejected, opts, where)
+        pair.chosen_cut, pair.rejected_cut = cut[best], cut[worst]
+        return pair
     except DataError as e:
         if e.field not in (opts.chosen_column, opts.rejected_column):
             raise
@@ -248,8 +292,9 @@ def parse_examples(record: dict, opts: DataOptions, kind: str, where: Where) -> 
     else:
         pair = parse_pair(record, opts, where)
         if kind == "sft":
-            return [RawExample(pair.prompt, pair.chosen)]
-        return [RawExample(pair.prompt, pair.chosen, True), RawExample(pair.prompt, pair.rejected, False)]
+            return [RawExample(pair.prompt, pair.chosen, cut=pair.chosen_cut)]
+        return [RawExample(pair.prompt, pair.chosen, True, pair.chosen_cut),
+                RawExample(pair.prompt, pair.rejected, False, pair.rejected_cut)]
 
     label = None
     if kind == "unpaired" or _present(record, opts.label_column):
@@ -260,7 +305,7 @@ def parse_examples(record: dict, opts: DataOptions, kind: str, where: Where) -> 
         if label is False:
             raise Dropped("sft_undesirable_label")
         label = None
-    return [RawExample(prompt, completion, label)]
+    return [RawExample(prompt, completion, label, cut_flag(record, CUT_FIELDS["completion"], where))]
 
 
 def _split_messages(value, opts: DataOptions, where: Where) -> tuple[list, list]:

@@ -39,13 +39,14 @@ def load_pairs(
     def build(record: dict, where: Where, report: DataReport) -> list[TokenizedPair]:
         raw = parse_pair(record, opts, where)
         prompt_ids, (chosen, rejected) = encoder.encode(
-            raw.prompt, [(opts.chosen_column, raw.chosen), (opts.rejected_column, raw.rejected)], where
+            raw.prompt, [(opts.chosen_column, raw.chosen), (opts.rejected_column, raw.rejected)], where,
+            cut=[raw.chosen_cut, raw.rejected_cut],
         )
         cut = _truncate(prompt_ids, [chosen, rejected], opts, encoder)
         if cut.completions[0] == cut.completions[1]:
             # Equal after truncation: the pair's gradient would be zero for every loss.
             raise Dropped("identical_after_truncation")
-        _count_truncation(cut, report)
+        _count_truncation(cut, report, raw.chosen_cut or raw.rejected_cut)
         return [TokenizedPair(cut.prompt_ids, cut.completions[0], cut.completions[1], raw.p_chosen, raw.p_rejected, where.row)]
 
     return _load(path, opts, report, build)
@@ -74,10 +75,11 @@ def load_examples(
         examples = parse_examples(record, opts, kind, where)
         # All examples of one record share its prompt (parse_examples guarantees it).
         prompt_ids, completions = encoder.encode(
-            examples[0].prompt, [(completion_field, e.completion) for e in examples], where
+            examples[0].prompt, [(completion_field, e.completion) for e in examples], where,
+            cut=[e.cut for e in examples],
         )
         cut = _truncate(prompt_ids, completions, opts, encoder)
-        _count_truncation(cut, report)
+        _count_truncation(cut, report, any(e.cut for e in examples))
         return [
             TokenizedExample(cut.prompt_ids, ids, e.label, where.row)
             for e, ids in zip(examples, cut.completions)
@@ -122,9 +124,11 @@ def _truncate(prompt_ids: list[int], completions: list[list[int]], opts: DataOpt
     return cut
 
 
-def _count_truncation(cut: Truncation, report: DataReport) -> None:
+def _count_truncation(cut: Truncation, report: DataReport, generation_cut: bool = False) -> None:
     # Counted only for records that are kept: a dropped record is counted once, under
     # the reason it was dropped.
+    if generation_cut:  # a completion marked as cut at generation: trained without a stop token
+        report.count_truncated("no_eos_cut_completion")
     if cut.prompt_truncated:
         report.count_truncated("prompt_truncated")
     if cut.completion_truncated:

@@ -42,7 +42,8 @@ class DataOptions:
 class TokenizedPair:
     """One preference pair as token ids; the prompt is shared by both completions.
 
-    Completion ids end with exactly one EOS unless the completion was truncated.
+    Completion ids end with exactly one stop token (EOS, or a chat template's end-of-turn
+    token) unless the completion was truncated or marked as cut at generation.
     """
 
     prompt_ids: list[int]

@@ -17,6 +17,15 @@ from prefero.data.errors import DataError
 #: Skipped-record messages kept verbatim; the count keeps growing past this so a
 #: dataset with a million bad rows does not produce a million-line report.
 MAX_MESSAGES = 100
+#: What to change when most records were dropped for a reason (for `nothing_kept`).
+DROP_HINTS = {
+    "completion_empty_after_truncation": "the prompt fills max_length: raise max_length or lower max_prompt_length",
+    "identical_after_truncation": "chosen and rejected agree within max_length: raise max_length",
+    "tied_scores": "every completion of a prompt has the same score: nothing to prefer",
+    "identical_chosen_rejected": "chosen and rejected are the same text",
+    "sft_undesirable_label": "SFT keeps only records labelled true",
+    "bad_record": "on_bad_record=skip skipped malformed records",
+}
 
 
 @dataclass
@@ -84,6 +93,22 @@ class DataReport:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def nothing_kept(self, source: str, top: int = 3) -> str:
+        """The one-line error for a source of which no record survived: the most common
+        drop reasons with their counts and what to change, so the user need not look for
+        a report (none is written when a run stops here)."""
+        reasons = sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{reason} {count}" for reason, count in reasons[:top])
+        if len(reasons) > top:
+            shown += f", {len(reasons) - top} other reason(s) {sum(c for _, c in reasons[top:])}"
+        line = f"{source}: no usable records: read {self.read}, kept 0" + (f"; dropped: {shown}" if shown else "")
+        hint = DROP_HINTS.get(reasons[0][0].split(":")[0]) if reasons else None
+        if hint:
+            line += f" ({hint})"
+        if self.messages:
+            line += f"; first skipped: {self.messages[0]['message']}"
+        return line
 
     def summary(self) -> str:
         """One line for logs, e.g. `read 100, kept 97, dropped {tied_scores: 3}`."""

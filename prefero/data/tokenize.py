@@ -12,10 +12,19 @@ Rules, each with its reason:
   the completion is the template of prompt+completion minus that text. The template
   text already holds BOS when the template emits it, so it is encoded without special
   tokens: encoding it with them gives the double BOS many trainers ship.
-- Every completion ends with exactly one EOS: an EOS the template put last (possibly
-  followed by a newline) is kept and the whitespace after it cut; otherwise EOS is
-  appended. Training on the trailing newline would teach the model to emit it after
-  EOS; training without EOS would teach it never to stop.
+- Every completion ends with exactly one stop token, the token the model ends its turn
+  with at inference. Plain strings: EOS (an EOS the text already ends with is kept,
+  otherwise one is appended). Conversations: the template's end-of-turn token (the
+  special token it closes every assistant turn with: `<|im_end|>`, `<|eot_id|>`,
+  `<end_of_turn>`; see `end_of_turn_id`) is kept and the whitespace the template writes
+  after it is cut, with no EOS after it: generation stops at that token (prefero
+  generate adds it to the stop tokens), so the model never gets to emit anything after
+  it. A template that closes turns with no special token gets EOS appended. Training
+  on the trailing newline would teach the model to emit it after stopping; training
+  without a stop token would teach it never to stop.
+- A completion marked as cut (generation hit its token limit) gets no stop token: the
+  template's end-of-turn token and what follows it are removed, and no EOS is added.
+  The model did not stop there, and must not learn that it did.
 - Truncation: the prompt keeps its end (the question is at the end; a leading BOS is
   kept too, as models are trained to see it first), completions keep their start.
 """
@@ -23,9 +32,14 @@ Rules, each with its reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, is_conversational
+
+
+#: The conversation `end_of_turn_id` renders to find how a template closes an assistant turn.
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 
 
 class Encoder:
@@ -39,6 +53,10 @@ class Encoder:
         self.bos_id = tokenizer.bos_token_id
         self.prefix = self._special_prefix()
         self._is_blank: dict[int, bool] = {}
+        self._special = set(tokenizer.all_special_ids) | {
+            i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+        }
+        self._end_of_turn: list[int | None] = []  # computed on first use: [id or None]
 
     def _special_prefix(self) -> list[int]:
         """The special tokens the tokenizer puts before a text (e.g. [BOS]), found by
@@ -52,17 +70,55 @@ class Encoder:
                 return full[:start]
         return []
 
-    def encode(self, prompt: Text, completions: list[tuple[str, Text]], where: Where) -> tuple[list[int], list[list[int]]]:
-        """Token ids of `prompt` and of each `(field, completion)` continuing it."""
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The special token the chat template closes an assistant turn with, or None (no
+        template, or one that closes turns with plain text).
+
+        Read off a rendered probe conversation rather than a table of model families: the
+        last special token after the assistant's text, whitespace after it ignored
+        (`<|im_end|>\\n`, `<|eot_id|>`, `<end_of_turn>\\n`). It may be EOS itself (ChatML
+        models whose EOS is `<|im_end|>`) or another token (Llama 3, Gemma).
+        """
+        if not self._end_of_turn:
+            self._end_of_turn.append(self._probe_end_of_turn())
+        return self._end_of_turn[0]
+
+    def _probe_end_of_turn(self) -> int | None:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        try:
+            prompt = self.tokenizer.apply_chat_template(_PROBE[:1], add_generation_prompt=True, tokenize=False)
+            full = self.tokenizer.apply_chat_template(_PROBE, add_generation_prompt=False, tokenize=False)
+        except Exception:  # a template that cannot render the probe: real records will say why
+            return None
+        if not (isinstance(full, str) and isinstance(prompt, str) and full.startswith(prompt)):
+            return None
+        reply = full[len(prompt):]
+        content = _PROBE[1]["content"]
+        if content not in reply:
+            return None
+        ids = self._plain(reply[reply.rindex(content) + len(content):])
+        end = self._non_blank_end(ids)
+        return ids[end - 1] if end and ids[end - 1] in self._special else None
+
+    def encode(self, prompt: Text, completions: list[tuple[str, Text]], where: Where,
+               cut: Sequence[bool] = ()) -> tuple[list[int], list[list[int]]]:
+        """Token ids of `prompt` and of each `(field, completion)` continuing it.
+
+        `cut[k]` true: completion k was cut at generation's token limit (no stop token).
+        """
+        cut = list(cut) + [False] * (len(completions) - len(cut))
         if is_conversational(prompt):
-            return self._encode_chat(prompt, completions, where)
+            return self._encode_chat(prompt, completions, where, cut)
         prompt_ids = self._dedupe_bos(self.prefix + self._plain(prompt))
-        return prompt_ids, [self._one_eos(self._plain(text)) for _, text in completions]
+        stops = {self.eos_id}
+        return prompt_ids, [self._end(self._plain(text), stops, c) for (_, text), c in zip(completions, cut)]
 
     def _plain(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _encode_chat(self, prompt: list, completions: list[tuple[str, Text]], where: Where):
+    def _encode_chat(self, prompt: list, completions: list[tuple[str, Text]], where: Where, cut: list[bool]):
         if not getattr(self.tokenizer, "chat_template", None):
             raise DataError(
                 where.file, where.row, None,
@@ -71,8 +127,9 @@ class Encoder:
                 skippable=False,
             )
         prompt_text = self._render(prompt, True, where, "prompt")
+        stops = {self.eos_id, self.end_of_turn_id} - {None}
         completion_ids = []
-        for field, messages in completions:
+        for (field, messages), is_cut in zip(completions, cut):
             full_text = self._render(prompt + messages, False, where, field)
             if not full_text.startswith(prompt_text):
                 raise where.error(
@@ -80,7 +137,7 @@ class Encoder:
                     "the chat template renders prompt+completion so that it does not start with the "
                     "rendered prompt; cannot split the completion off it",
                 )
-            completion_ids.append(self._one_eos(self._plain(full_text[len(prompt_text):])))
+            completion_ids.append(self._end(self._plain(full_text[len(prompt_text):]), stops, is_cut))
         return self._dedupe_bos(self._plain(prompt_text)), completion_ids
 
     def _render(self, messages: list, generation_prompt: bool, where: Where, field: str) -> str:
@@ -103,17 +160,23 @@ class Encoder:
 
     def _blank(self, token_id: int) -> bool:
         if token_id not in self._is_blank:
-            special = token_id in self.tokenizer.all_special_ids
+            special = token_id in self._special
             self._is_blank[token_id] = not special and not self.tokenizer.decode([token_id]).strip()
         return self._is_blank[token_id]
 
-    def _one_eos(self, ids: list[int]) -> list[int]:
-        """End `ids` with exactly one EOS (see the module docstring)."""
-        if self.eos_id in ids:
-            last = len(ids) - 1 - ids[::-1].index(self.eos_id)
-            if all(self._blank(t) for t in ids[last + 1:]):
-                return ids[: last + 1]
-        return ids + [self.eos_id]
+    def _non_blank_end(self, ids: list[int]) -> int:
+        end = len(ids)
+        while end and self._blank(ids[end - 1]):
+            end -= 1
+        return end
+
+    def _end(self, ids: list[int], stops: set[int], cut: bool) -> list[int]:
+        """End `ids` with exactly one stop token, or, if `cut`, with none (module docstring)."""
+        end = self._non_blank_end(ids)
+        ends_with_stop = end > 0 and ids[end - 1] in stops
+        if cut:
+            return ids[:end - 1] if ends_with_stop else ids
+        return ids[:end] if ends_with_stop else ids + [self.eos_id]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Statistics of generated responses: length and n-gram repetition (a degeneration check).
+"""Statistics of generated responses: length and repetition within each response (a degeneration check).
 
 Preference optimization is known to lengthen responses (Singhal et al. 2023, "A Long Way
 to Go") and, pushed too far, to make them repeat themselves; both show up here before
@@ -7,7 +7,7 @@ they show up in a win rate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -34,40 +34,48 @@ def ngram_repetition(tokens: Sequence, n: int = 3) -> float | None:
 class GenerationStats:
     """Length and repetition of a set of responses.
 
-    `repetition_rate` is the mean of `ngram_repetition` over the responses that have at
-    least `ngram` words; `too_short` counts the others (left out of that mean, not
-    silently: a response of two words has no 3-gram to repeat). `mean_tokens` is None
-    without a tokenizer. `empty` counts responses that are blank after stripping.
+    The repetition fields are `prefero.evaluate.metrics.RepetitionStats`'s (see there and
+    docs/evaluation.md): `repetition_rate` is the share of responses that repeat a word,
+    `distinct_1` / `distinct_n` the mean share of distinct words / `ngram`-grams (`too_short`
+    counts the responses under `ngram` words, left out of distinct_n), `degenerate` the
+    share that loop one word, token or short n-gram. `mean_tokens` is None without a
+    tokenizer. `empty` counts responses that are blank after stripping.
     """
 
     n: int
     mean_chars: float
     mean_tokens: float | None
-    repetition_rate: float | None
+    repetition_rate: float
+    distinct_1: float | None
+    distinct_n: float | None
+    degenerate: float
     ngram: int
     too_short: int
     empty: int
 
 
-def generation_stats(texts: Sequence[str], *, tokenizer=None, ngram: int = 3,
-                     split: Callable[[str], list] = str.split) -> GenerationStats:
+def generation_stats(texts: Sequence[str], *, tokenizer=None, ngram: int = 3) -> GenerationStats:
     """Mean length in characters (Unicode code points, as the length control counts
     them) and, given a tokenizer (anything with `encode(text, add_special_tokens=False)`),
-    in tokens; repetition rate over `split(text)` — by default whitespace-separated
-    words, compared exactly (no case folding), so it reads the same for any model."""
+    in tokens; the repetition measures of `repetition_stats` (words as `response_words`
+    reads them, so they read the same for any model; tokens only for `degenerate`)."""
+    from prefero.evaluate.metrics import repetition_stats
+
     if not texts:
         raise ValueError("generation statistics of zero responses")
-    rates = [ngram_repetition(split(t), ngram) for t in texts]
-    measured = [r for r in rates if r is not None]
     tokens = None
     if tokenizer is not None:
         tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts) / len(texts)
+    rep = repetition_stats(texts, ngram=ngram, tokenizer=tokenizer)
     return GenerationStats(
         n=len(texts),
         mean_chars=sum(len(t) for t in texts) / len(texts),
         mean_tokens=tokens,
-        repetition_rate=sum(measured) / len(measured) if measured else None,
+        repetition_rate=rep.repetition_rate,
+        distinct_1=rep.distinct_1,
+        distinct_n=rep.distinct_n,
+        degenerate=rep.degenerate,
         ngram=ngram,
-        too_short=len(rates) - len(measured),
+        too_short=rep.too_short,
         empty=sum(1 for t in texts if not t.strip()),
     )

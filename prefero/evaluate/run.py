@@ -53,7 +53,9 @@ finished responses or judgments file is reused when the settings it was made wit
 beside it in NAME.settings.json: the sampling keys, the prompts' fingerprint, the model's
 weight files, the judge block, the responses judged) equal this run's; made with other
 settings it is an error, or with `overwrite: true` is made again. An existing report.json
-is replaced only with `overwrite: true`, checked before any work.
+is replaced only with `overwrite: true`, checked before any work, as are output_dir itself
+(not a file, not under one) and the lock that keeps a second evaluation out of it while
+this one runs.
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.pairs import PairMetrics, pair_metrics
 from prefero.evaluate.report import REPORT_JSON, compare, write_report
 from prefero.judges import Item, sigmoid, text_key
-from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, read_jsonl_rows, read_prompts
+from prefero.judges.run import check_finite, judge_identity
+from prefero.pipeline_io import (
+    Prompt, StageOutput, atomic_write_json, partial_paths, read_jsonl_rows, read_prompts, scrub_credentials,
+)
+from prefero.stage_files import OutputLock, check_output_dir_path, check_output_file, make_folder
 
 SIDES = ("policy", "baseline")
 JUDGMENTS = "judgments.jsonl"
@@ -96,9 +102,18 @@ def run_eval(cfg: EvalConfig) -> dict:
     """
     cfg.validate()
     out = Path(cfg.output_dir)
+    check_output_dir_path(out)
+    check_output_file(out / REPORT_JSON, "output_dir", out / JUDGMENTS, responses_path(out, "policy"),
+                      responses_path(out, "baseline"))
     if (out / REPORT_JSON).exists() and not cfg.overwrite:
         raise ConfigError(f"{out / REPORT_JSON} exists; set overwrite=true to replace it (responses and "
                           "judgments made with the same settings are reused)")
+    make_folder(out.parent, "output_dir", out)
+    with OutputLock(out, "output_dir"):  # one evaluation writes output_dir at a time
+        return _evaluate(cfg, out)
+
+
+def _evaluate(cfg: EvalConfig, out: Path) -> dict:
     meta: dict = {"name": Path(cfg.model or cfg.outputs or "policy").name}
 
     # 1. read and check the inputs: models, judge, prompts, responses files, pairs
@@ -129,7 +144,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     meta.update(pairs_meta or {})
 
     write_report(out, result, pairs, meta=meta, n_examples=cfg.n_examples, overwrite=cfg.overwrite)
-    return json.loads((out / REPORT_JSON).read_text(encoding="utf-8"))
+    # where it went, for the command's closing line (not in the file: a report stays the same wherever it is)
+    return {**json.loads((out / REPORT_JSON).read_text(encoding="utf-8")), "output_dir": str(out)}
 
 
 def check_sources(cfg: EvalConfig) -> None:
@@ -312,7 +328,7 @@ def reusable(output: Path, settings: dict, overwrite: bool) -> bool:
     after refusing (without `overwrite`) to replace a finished output made with others.
     """
     sidecar = output.with_name(output.stem + ".settings.json")
-    settings = json.loads(json.dumps(settings))  # as it reads back
+    settings = json.loads(json.dumps(scrub_credentials(settings)))  # as it reads back (no password in a URL)
     if output.exists():
         try:
             old = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -381,22 +397,33 @@ def judgments(cfg: EvalConfig, items: list[Item]) -> list[dict]:
     fingerprint = hashlib.sha256()
     for item in items:
         fingerprint.update(json.dumps([prompt_key(item.prompt), *item.completions], ensure_ascii=False).encode())
-    settings = {"judge": dataclasses.asdict(cfg.judge), "pointwise_preference": cfg.pointwise_rule(),
+    settings = {"judge": judge_identity(cfg.judge), "pointwise_preference": cfg.pointwise_rule(),
                 "prompts_and_responses_sha256": fingerprint.hexdigest()}
     if not reusable(output, settings, cfg.overwrite):
         stage = StageOutput(output, settings, overwrite=cfg.overwrite)
         done = stage.start()
         todo = [i for i in range(len(items)) if i not in done]
         if todo:
-            from prefero.judges import build_judge
+            from prefero.judges import build_judge, check_unparseable
 
             judge = build_judge(cfg.judge)
             if hasattr(judge, "batch_size"):
                 judge.batch_size = cfg.batch_size
+            # both orders of every prompt whose two responses differ (identical ones are ½ unasked),
+            # and the unreadable ones behind the rows an earlier run saved
+            planned = 2 * sum(text_key(it.completions[0]) != text_key(it.completions[1]) for it in items)
+            resumed = sum(row["unjudged"] is not None for path in partial_paths(output)
+                          for _, row in read_jsonl_rows(path))
             try:
                 for start in range(0, len(todo), cfg.batch_size):
                     batch = todo[start:start + cfg.batch_size]
-                    stage.append(judgment_rows(judge, cfg, [items[i] for i in batch], batch))
+                    rows = judgment_rows(judge, cfg, [items[i] for i in batch], batch)
+                    check_unparseable(judge, planned, resumed)  # before saving, as prefero judge does
+                    stage.append(rows)
+            except BaseException:
+                stage.abandon()
+                stage.close()
+                raise
             finally:
                 if hasattr(judge, "close"):
                     judge.close()
@@ -451,10 +478,14 @@ def order_preferences(judge, cfg: EvalConfig, items: list[Item]) -> list[tuple]:
         return out
     rule = cfg.pointwise_rule()
     forward = judge.score(items)
+    for item, s in zip(items, forward):
+        check_finite(item, s, None)
     if kind == "reward_model":  # scores each response alone: one order is all there is
         return [(score_preference(s[0], s[1], rule), None, [s]) for s in forward]
     swapped = [dataclasses.replace(it, completions=it.completions[::-1]) for it in items]
     backward = judge.score(swapped)
+    for item, s in zip(swapped, backward):
+        check_finite(item, s, None)
     return [(score_preference(f[0], f[1], rule), score_preference(b[1], b[0], rule), [f, b])
             for f, b in zip(forward, backward)]
 
@@ -485,9 +516,12 @@ def load_eval_pairs(cfg: EvalConfig):
     """The pairs tokenized as training tokenizes them (prompt and completion apart, one EOS,
     the same truncation); what was dropped or truncated goes to pairs_data_report.json."""
     from prefero.data import DataOptions, load_pairs
+    from prefero.data.limits import check_run_lengths
     from prefero.model import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    # max_length above the positions of model or ref_model: a config error, as in `train`
+    check_run_lengths(cfg, tokenizer, ("model", "ref_model"))
     pairs, report = load_pairs(cfg.pairs, tokenizer, DataOptions(max_length=cfg.max_length,
                                                                  max_prompt_length=cfg.max_prompt_length))
     report.write(Path(cfg.output_dir) / PAIRS_DATA_REPORT)
@@ -531,7 +565,7 @@ def completion_logps(model_name: str, pairs, cfg: EvalConfig):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     key = "model" if model_name == cfg.model else "ref_model"
-    model = load_causal_lm(model_name, cfg.trust_remote_code, dtype, key=key)
+    model = load_causal_lm(model_name, cfg.trust_remote_code, dtype, attention="auto", key=key)
     try:
         return precompute_logps(model, pair_groups(pairs), cfg.batch_size, 0, device)
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefero.config import ConfigError, _f, check_fields
-from prefero.openai_client import public_url
+from prefero.openai_client import check_base_urls
 
 BACKENDS = ("transformers", "vllm", "openai")
 #: Keys that decide what is generated. A resumed run must agree on them (the partial
@@ -45,7 +45,8 @@ class GenerateConfig:
     trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
     tensor_parallel_size: int = _f(1, "vllm: GPUs one model is split over", ge=1)
     # openai backend
-    base_url: str = _f("", "openai: server URL up to the version, e.g. http://localhost:8000/v1")
+    base_url: str | list = _f("", "openai: server URL up to the version, e.g. http://localhost:8000/v1, or a list "
+                                  "of them (requests spread over those that are up)")
     api_key_env: str = _f("", "openai: name of the environment variable holding the API key ('' = no key)")
     max_concurrency: int = _f(8, "openai: requests in flight at once", ge=1)
     timeout: float = _f(120.0, "openai: seconds to wait for one reply before retrying", gt=0)
@@ -56,13 +57,16 @@ class GenerateConfig:
         for key in ("model", "prompts", "output"):
             if not getattr(self, key):
                 raise ConfigError(f"`{key}` is required")
+        if self.temperature == 0 and self.num_completions > 1:
+            # greedy decoding is deterministic: K copies of one answer give a judge nothing to rank
+            raise ConfigError(f"temperature 0 (greedy) with num_completions={self.num_completions} would give "
+                              f"{self.num_completions} identical completions; set temperature > 0 or num_completions=1")
         if not self.output.endswith(".jsonl"):
             raise ConfigError(f"output: {self.output!r} must end in .jsonl (one JSON row per prompt)")
         if self.backend == "openai":
             if not self.base_url:
                 raise ConfigError("backend 'openai' needs base_url (e.g. http://localhost:8000/v1)")
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"base_url: expected an http(s) URL, got {public_url(self.base_url)!r}")
+            check_base_urls(self.base_url, "base_url")
         elif self.base_url:
             raise ConfigError(f"base_url is only read by backend 'openai' (backend is {self.backend!r})")
         return self

@@ -45,6 +45,23 @@ def encode_prompt(encoder, text: Text, prompt: Prompt) -> list[int]:
     return ids
 
 
+def check_room(max_new_tokens: int, limit) -> None:
+    """max_new_tokens must leave room for a prompt in the model's positions (a config error)."""
+    if limit is not None and max_new_tokens >= limit.tokens:
+        raise ConfigError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the model's "
+                          f"{limit}; set max_new_tokens below {limit.tokens}")
+
+
+def check_fits(ids: list[int], prompt: Prompt, column: str, max_new_tokens: int, limit) -> None:
+    """A prompt whose ids plus max_new_tokens pass the model's limit is refused, naming file
+    and row: past its positions a model writes garbage and still stops "normally". Not
+    truncated: which part of a prompt may go is the user's call, not ours."""
+    if limit is not None and len(ids) + max_new_tokens > limit.tokens:
+        raise prompt.error(column, f"the prompt has {len(ids)} tokens; with max_new_tokens {max_new_tokens} that is "
+                                   f"{len(ids) + max_new_tokens}, more than the model's {limit}; shorten the "
+                                   f"prompt or lower max_new_tokens")
+
+
 def prompts_sha256(prompts: list[Prompt]) -> str:
     """Fingerprint of the prompt texts in order: a resumed run must see the same items."""
     h = hashlib.sha256()

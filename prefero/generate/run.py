@@ -5,6 +5,10 @@ Work is cut into batches of `batch_size` prompts in input order. Under several p
 its rows to its own partial file; process 0 merges all rows in input order at the end
 (prefero.pipeline_io). A batch is the unit of seeding, so the output is the same for any
 number of processes and across kills and resumptions.
+
+A resumed run must be the same run: the settings kept beside the partial rows include the
+prompts' fingerprint (`GenerateConfig.settings`). One run writes an output at a time (a lock), and a run killed after its output but before
+its report writes the report on rerun without sampling again (prefero.pipeline_io).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import os
 import sys
 import time
 
-from prefero.generate.config import GenerateConfig, public_url
+from prefero.generate.config import GenerateConfig
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
-from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, read_prompts
+from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, read_prompts, scrub_credentials
 
 
 def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
@@ -29,9 +33,18 @@ def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
     cfg.validate()
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
     rank, world, barrier, device = _processes(cfg.backend)
-    out = StageOutput(cfg.output, cfg.settings(prompts_sha256(prompts)), cfg.overwrite, rank, world, barrier)
+    out = StageOutput(cfg.output, cfg.settings(prompts_sha256(prompts)), cfg.overwrite, rank, world, barrier,
+                      report=report_path(cfg.output))
     done = out.start()
-    if done and rank == 0:
+    try:
+        return _run(cfg, sampler, prompts, out, done, rank, world, device)
+    finally:
+        out.close()
+
+
+def _run(cfg: GenerateConfig, sampler: Sampler | None, prompts: list[Prompt], out: StageOutput, done: set[int],
+         rank: int, world: int, device) -> dict:
+    if done and rank == 0 and not out.complete:
         print(f"prefero generate: resuming, {len(done)} of {len(prompts)} prompts already done in {out.partial}",
               file=sys.stderr)
     batches = [list(range(s, min(s + cfg.batch_size, len(prompts)))) for s in range(0, len(prompts), cfg.batch_size)]
@@ -48,6 +61,8 @@ def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
         # A batch cut short by a kill is regenerated whole (same seed, same rows) and only
         # its missing rows appended.
         out.append([_row(i, s, cfg) for i, s in zip(batches[b], samples) if i not in done])
+    client = getattr(sampler, "client", None)
+    endpoints = client.endpoint_report() if client is not None and hasattr(client, "endpoint_report") else None
     if sampler is not None:
         sampler.close()
     merged = out.finish(len(prompts))
@@ -55,6 +70,9 @@ def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
         return {}
     report = _report(cfg, prompts, done, merged, seconds=time.perf_counter() - start,
                      load_seconds=start - load_start, processes=world)
+    if endpoints and len(endpoints) > 1:  # a fleet: which servers answered, which went down
+        report["endpoints"] = endpoints
+        report["endpoints_down"] = sum(e["down"] is not None for e in endpoints.values())
     atomic_write_json(report_path(cfg.output), report)
     return report
 
@@ -158,5 +176,5 @@ def _report(cfg: GenerateConfig, prompts: list[Prompt], done: set[int], merged: 
         "duplicate_rows_dropped": merged.get("duplicates", 0),
     }
     if cfg.backend == "openai":
-        report["base_url"] = public_url(cfg.base_url)
+        report["base_url"] = scrub_credentials(cfg.base_url)
     return report

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import torch
 
+from prefero.data.limits import context_limit
 from prefero.data.tokenize import Encoder
 from prefero.generate.config import GenerateConfig
-from prefero.generate.prompts import batch_seed, encode_prompt, model_prompt, uses_chat_template
+from prefero.generate.prompts import (
+    batch_seed,
+    check_fits,
+    check_room,
+    encode_prompt,
+    model_prompt,
+    uses_chat_template,
+)
 from prefero.generate.sampler import Sample
 from prefero.pipeline_io import Prompt
 
@@ -35,21 +43,33 @@ class TransformersSampler:
         self.tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
         self.templated = uses_chat_template(cfg.chat_template, self.tokenizer, cfg.model)
         self.encoder = Encoder(self.tokenizer)
-        # SDPA rather than FlexAttention: generation runs many small, ragged decode steps
-        model = load_causal_lm(cfg.model, cfg.trust_remote_code, resolve_dtype(cfg.dtype, self.device),
-                               attention="sdpa")
+        # SDPA (eager where the family has none) rather than FlexAttention: generation runs
+        # many small, ragged decode steps
+        model = load_causal_lm(cfg.model, cfg.trust_remote_code, resolve_dtype(cfg.dtype, self.device))
         self.model = model.to(self.device).eval()
-        self.eos_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
+        self.limit = context_limit(self.model.config, self.tokenizer)
+        check_room(cfg.max_new_tokens, self.limit)
+        turn_end = self.encoder.end_of_turn_id if self.templated else None
+        self.eos_ids = stop_token_ids(self.tokenizer, self.model.generation_config, turn_end)
         self.pad_id = self.tokenizer.pad_token_id
         self.generation_config = generation_config(cfg, self.eos_ids, self.pad_id)
+        # generate() merges the model's generation_config.json into every call and warns when
+        # its min_length meets our min_new_tokens; ours already says everything
+        self.model.generation_config = self.generation_config
 
     def check(self, prompts: list[Prompt]) -> None:
         for p in prompts:
-            encode_prompt(self.encoder, model_prompt(p, self.templated, self.cfg.prompt_column), p)
+            self.encode(p)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """The prompt's ids, refused (file, row) when they and max_new_tokens pass the model's limit."""
+        ids = encode_prompt(self.encoder, model_prompt(prompt, self.templated, self.cfg.prompt_column), prompt)
+        check_fits(ids, prompt, self.cfg.prompt_column, self.cfg.max_new_tokens, self.limit)
+        return ids
 
     def sample(self, prompts: list[Prompt], indices: list[int], batch: int) -> list[Sample]:
         texts = [model_prompt(p, self.templated, self.cfg.prompt_column) for p in prompts]
-        ids = [encode_prompt(self.encoder, t, p) for t, p in zip(texts, prompts)]
+        ids = [self.encode(p) for p in prompts]
         input_ids, attention_mask = left_pad(ids, self.pad_id)
         torch.manual_seed(batch_seed(self.cfg.seed, batch))  # seeds CUDA too
         with torch.inference_mode():
@@ -90,7 +110,8 @@ def generation_config(cfg: GenerateConfig, eos_ids: list[int], pad_id: int):
         top_k=None if greedy else cfg.top_k,
         min_p=None if greedy else 0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-        min_length=0, min_new_tokens=0,
+        # min_new_tokens alone: with min_length set as well, every call warns that both are
+        min_new_tokens=0,
         max_new_tokens=cfg.max_new_tokens,
         num_return_sequences=cfg.num_completions,
         eos_token_id=eos_ids,
@@ -99,10 +120,14 @@ def generation_config(cfg: GenerateConfig, eos_ids: list[int], pad_id: int):
     )
 
 
-def stop_token_ids(tokenizer, model_generation_config) -> list[int]:
-    """The tokenizer's EOS plus any the model declares (chat models often end turns with
-    a token other than the tokenizer's EOS, e.g. Llama 3's <|eot_id|>)."""
+def stop_token_ids(tokenizer, model_generation_config, end_of_turn: int | None = None) -> list[int]:
+    """The tokenizer's EOS, any the model declares, and the chat template's end-of-turn
+    token (`end_of_turn`): chat models end a turn with a token other than EOS (Llama 3's
+    <|eot_id|>, Gemma's <end_of_turn>), and a fine-tuned checkpoint does not always
+    declare it; training ends chat completions at it (prefero.data.tokenize)."""
     ids = {tokenizer.eos_token_id}
+    if end_of_turn is not None:
+        ids.add(end_of_turn)
     declared = getattr(model_generation_config, "eos_token_id", None)
     if isinstance(declared, int):
         ids.add(declared)

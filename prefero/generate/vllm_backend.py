@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from prefero.config import ConfigError
 from prefero.generate.config import GenerateConfig
-from prefero.generate.prompts import encode_prompt, model_prompt, prompt_seed, uses_chat_template
+from prefero.generate.prompts import (
+    check_fits,
+    check_room,
+    encode_prompt,
+    model_prompt,
+    prompt_seed,
+    uses_chat_template,
+)
 from prefero.generate.sampler import Sample
 from prefero.pipeline_io import Prompt
 
@@ -34,6 +41,14 @@ class VLLMSampler:
         self.tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
         self.templated = uses_chat_template(cfg.chat_template, self.tokenizer, cfg.model)
         self.encoder = Encoder(self.tokenizer)
+        from prefero.data.limits import model_context_limit
+
+        self.limit = model_context_limit(cfg.model, self.tokenizer, cfg.trust_remote_code)
+        check_room(cfg.max_new_tokens, self.limit)
+        # vLLM stops at the model's declared EOS ids; a template's end-of-turn token that the
+        # checkpoint does not declare is added here, as the transformers backend does
+        turn_end = self.encoder.end_of_turn_id if self.templated else None
+        self.stop_ids = [turn_end] if turn_end is not None else []
         options = dict(model=cfg.model, dtype=cfg.dtype, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
                        tensor_parallel_size=cfg.tensor_parallel_size)
         try:
@@ -54,11 +69,13 @@ class VLLMSampler:
             seed=prompt_seed(self.cfg.seed, index),
             repetition_penalty=1.0,
             skip_special_tokens=True,
+            stop_token_ids=self.stop_ids,
         )
 
     def check(self, prompts: list[Prompt]) -> None:
         for p in prompts:
-            encode_prompt(self.encoder, model_prompt(p, self.templated, self.cfg.prompt_column), p)
+            ids = encode_prompt(self.encoder, model_prompt(p, self.templated, self.cfg.prompt_column), p)
+            check_fits(ids, p, self.cfg.prompt_column, self.cfg.max_new_tokens, self.limit)
 
     def sample(self, prompts: list[Prompt], indices: list[int], batch: int) -> list[Sample]:
         texts = [model_prompt(p, self.templated, self.cfg.prompt_column) for p in prompts]

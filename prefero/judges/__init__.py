@@ -5,8 +5,10 @@ A judge does two things, each batched over work items:
     judge.score(items)      -> per item, one float per completion (None: no usable answer)
     judge.compare(requests) -> per (item, i, j), P(completion i ≻ completion j)
 
-Four kinds stand behind that interface (`build_judge(cfg)` makes one from a `judge:` block):
+Five kinds stand behind that interface (`build_judge(cfg)` makes one from a `judge:` block):
 - `reward_model`: a sequence classifier's r(x, y) (`prefero/judges/reward_model.py`);
+- `pairwise_model`: a `prefero pm` cross-encoder's P(y_i ≻ y_j | x), both orders in one
+  antisymmetric logit (`prefero/judges/pairwise_model.py`);
 - `llm`: a local causal LM asked to rate 1–10 or to pick A or B, its answer read from the
   next-token probabilities (`prefero/judges/llm.py`);
 - `openai`: the same prompts against an OpenAI-compatible server (`prefero/judges/openai.py`);
@@ -49,6 +51,16 @@ class Item:
 Request = tuple  # (Item, i, j): P(item.completions[i] ≻ item.completions[j])
 
 
+class JudgeError(RuntimeError):
+    """The judge failed for good: its server kept failing, or too many of its answers could
+    not be read. One line; `prefero` exits with EXIT_JUDGE, apart from the config/data
+    errors' 2, since the config may be right and the server at fault."""
+
+
+#: The exit status of a run stopped by a `JudgeError`.
+EXIT_JUDGE = 3
+
+
 class Judge(Protocol):
     stats: Counter  # what happened this run (unparseable answers, truncations, ...), for the report
 
@@ -74,32 +86,39 @@ def text_key(text: Text) -> str:
     return text if isinstance(text, str) else json.dumps(text, sort_keys=True, ensure_ascii=False)
 
 
-def ordered(requests: Sequence[Request]) -> tuple[list[tuple[Item, int, int]], list[bool | None]]:
-    """Each request (item, i, j) put in canonical order (item, lo, hi) by `text_key`, and
-    whether it was flipped; None for identical texts (P = ½, nothing to ask).
+def ordered(requests: Sequence[Request]) -> tuple[list[tuple[Item, int, int]], list[tuple[int, bool] | None]]:
+    """The distinct questions behind `requests`, each in canonical order (item, lo, hi) by
+    `text_key`, and per request (which question, whether it was flipped); None for
+    identical texts (P = ½, nothing to ask).
 
-    A judge computes P for the canonical order only and answers a flipped request with
-    1 − P, so compare(j, i) == 1 − compare(i, j) exactly, in floating point too."""
-    canonical, flipped = [], []
+    A judge computes P once per question and answers a flipped request with 1 − P, so
+    compare(j, i) == 1 − compare(i, j) exactly, in floating point too. Asking a question
+    twice (once per order, or for a repeated text) would put it in two rows of a batch,
+    whose results may differ in the last bits with the batch's shape and thread count."""
+    canonical, flipped, seen = [], [], {}
     for item, i, j in requests:
         ki, kj = text_key(item.completions[i]), text_key(item.completions[j])
         if ki == kj:
             flipped.append(None)
             continue
         flip = ki > kj
-        canonical.append((item, j, i) if flip else (item, i, j))
-        flipped.append(flip)
+        key = (id(item), kj, ki) if flip else (id(item), ki, kj)
+        if key not in seen:
+            seen[key] = len(canonical)
+            canonical.append((item, j, i) if flip else (item, i, j))
+        flipped.append((seen[key], flip))
     return canonical, flipped
 
 
-def unorder(values: list[float | None], flipped: list[bool | None]) -> list[float | None]:
+def unorder(values: list[float | None], flipped: list[tuple[int, bool] | None]) -> list[float | None]:
     """`ordered`'s inverse: the canonical answers back in request order."""
-    out, it = [], iter(values)
-    for flip in flipped:
-        if flip is None:
+    out = []
+    for entry in flipped:
+        if entry is None:
             out.append(0.5)
             continue
-        p = next(it)
+        k, flip = entry
+        p = values[k]
         out.append(None if p is None else (1.0 - p if flip else p))
     return out
 
@@ -141,12 +160,29 @@ def win_rates(matrix: list[list[float | None]]) -> list[float | None]:
     return [None if any(p is None for p in row) else sum(row) / len(row) for row in matrix]
 
 
+def check_unparseable(judge: Judge, planned: int, resumed: int = 0) -> None:
+    """Raise a `JudgeError` once the judge's unreadable answers pass its `max_unparseable`
+    share of the output's `planned` answers (judges that always answer have no such check).
+
+    Checked after every batch, before it is saved: the count can only grow, so once it is
+    over max_unparseable × planned the finished output would be too, and a broken server
+    stops the run early, leaving no file that a rerun would publish as finished.
+    resumed: unreadable answers already in the rows an earlier run saved."""
+    check = getattr(judge, "check_answers", None)
+    if check is not None:
+        check(planned, resumed)
+
+
 def build_judge(cfg) -> Judge:
     """The judge a `JudgeConfig` describes (models are loaded here)."""
     if cfg.type == "reward_model":
         from prefero.judges.reward_model import RewardModelJudge
 
         return RewardModelJudge(cfg)
+    if cfg.type == "pairwise_model":
+        from prefero.judges.pairwise_model import PairwiseModelJudge
+
+        return PairwiseModelJudge(cfg)
     if cfg.type == "llm":
         from prefero.judges.llm import LLMJudge
 
@@ -162,5 +198,5 @@ def build_judge(cfg) -> Judge:
     raise ValueError(f"unknown judge type {cfg.type!r}")
 
 
-__all__ = ["Item", "Judge", "build_judge", "compare_by_scores", "ordered", "pairwise_matrices", "sigmoid",
-           "text_key", "unorder", "win_rates"]
+__all__ = ["EXIT_JUDGE", "Item", "Judge", "JudgeError", "build_judge", "check_unparseable", "compare_by_scores",
+           "ordered", "pairwise_matrices", "sigmoid", "text_key", "unorder", "win_rates"]

@@ -6,9 +6,9 @@
 The function is called once per row as fn(prompt, completions) and returns one number per
 completion (None where it cannot tell: left null and counted, never guessed). A function
 that also takes a `row` argument gets the whole input row, so a reference answer can sit in
-a column next to the prompt. True/False count as 1/0. Anything else (a wrong count, a
-string, NaN) is an error naming the row: a verifier that misbehaves must not quietly
-become training labels.
+a column next to the prompt. True/False (Python's or numpy's) count as 1/0. Anything else
+(a wrong count, a string, NaN, a number too large for a float) is an error naming the row:
+a verifier that misbehaves must not quietly become training labels.
 """
 
 from __future__ import annotations
@@ -108,10 +108,16 @@ class CallableJudge:
                 self.stats["null_scores_returned"] += 1
                 out.append(None)
                 continue
+            if getattr(getattr(s, "dtype", None), "kind", None) == "b":
+                s = bool(s)  # numpy's bool counts as 1/0, as Python's does
             if not isinstance(s, numbers.Real):
                 raise item.where.error(item.column(i), f"judge.function {self.spec!r} returned {s!r} "
                                                        f"({type(s).__name__}); expected a number")
-            value = float(s)
+            try:
+                value = float(s)
+            except OverflowError:  # an int such as 10**400
+                raise item.where.error(item.column(i), f"judge.function {self.spec!r} returned a number too large "
+                                                       f"for a float ({len(str(abs(s)))} digits)") from None
             if not math.isfinite(value):
                 raise item.where.error(item.column(i), f"judge.function {self.spec!r} returned {value}; "
                                                        "expected a finite number (or None for no score)")

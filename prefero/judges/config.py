@@ -1,7 +1,7 @@
 """The `judge:` block and the `prefero judge` command's config.
 
     judge:
-      type: llm                # reward_model | llm | openai | callable
+      type: llm                # reward_model | pairwise_model | llm | openai | callable
       model: Qwen/Qwen2.5-7B-Instruct
 
 Each type reads some of the block's keys; a key set for a type that does not read it is an
@@ -10,24 +10,29 @@ error rather than a setting silently ignored (`TYPE_KEYS`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import string
 from dataclasses import dataclass, fields
 
 from prefero.config import ConfigError, _f
 
-TYPES = ("reward_model", "llm", "openai", "callable")
+TYPES = ("reward_model", "pairwise_model", "llm", "openai", "callable")
 MODES = ("pointwise", "pairwise")
 
 #: The keys each judge type reads (besides `type`).
 TYPE_KEYS = {
     "reward_model": {"model", "trust_remote_code", "dtype", "device", "max_length", "max_prompt_length",
                      "as_messages"},
+    "pairwise_model": {"model", "trust_remote_code", "dtype", "device", "as_messages"},
     "llm": {"model", "trust_remote_code", "dtype", "device", "system_prompt", "pointwise_template",
             "pairwise_template"},
     "openai": {"model", "base_url", "api_key_env", "max_concurrency", "timeout", "max_retries", "top_logprobs",
-               "system_prompt", "pointwise_template", "pairwise_template"},
+               "max_unparseable", "system_prompt", "pointwise_template", "pairwise_template"},
     "callable": {"function"},
 }
+#: Keys that change how a run goes, not what the judge answers (see `JudgeConfig.identity`).
+RUN_ONLY_KEYS = {"max_concurrency", "timeout", "max_retries", "max_unparseable"}
 #: Placeholders each template must use, and may use.
 TEMPLATE_FIELDS = {"pointwise_template": {"prompt", "completion"}, "pairwise_template": {"prompt", "a", "b"}}
 
@@ -36,8 +41,9 @@ TEMPLATE_FIELDS = {"pointwise_template": {"prompt", "completion"}, "pairwise_tem
 class JudgeConfig:
     """Which judge scores completions, and its settings (the `judge:` block)."""
 
-    type: str | None = _f(None, "reward_model | llm | openai | callable", choices=list(TYPES))
+    type: str | None = _f(None, "reward_model | pairwise_model | llm | openai | callable", choices=list(TYPES))
     model: str | None = _f(None, "reward_model: a sequence classifier (e.g. a `prefero rm` output); "
+                                 "pairwise_model: a `prefero pm` output; "
                                  "llm: a causal LM; openai: the model name the server serves")
     trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
     dtype: str = _f("float32", "float32 | bfloat16 weights of a local judge model", choices=["float32", "bfloat16"])
@@ -51,13 +57,17 @@ class JudgeConfig:
         None, "llm/openai: rating prompt with {prompt} and {completion}; none = the shipped one")
     pairwise_template: str | None = _f(
         None, "llm/openai: comparison prompt with {prompt}, {a} and {b}; none = the shipped one")
-    base_url: str | None = _f(None, "openai: server URL up to the version, e.g. http://localhost:8000/v1")
+    base_url: str | list | None = _f(None, "openai: server URL up to the version, e.g. http://localhost:8000/v1, or "
+                                           "a list of them (requests spread over those that are up)")
     api_key_env: str | None = _f(None, "openai: environment variable holding the API key (none = no key)")
     max_concurrency: int = _f(8, "openai: requests in flight at once", ge=1)
     timeout: float = _f(60.0, "openai: seconds per request attempt", gt=0)
     max_retries: int = _f(5, "openai: retries of a failed request (429, 5xx, timeouts)", ge=0)
     top_logprobs: int = _f(20, "openai: candidates per answer token asked for (0 = parse the text only)",
                            ge=0, le=20)
+    max_unparseable: float = _f(0.05, "openai: the largest share of answers that may be unreadable (no rating or "
+                                      "choice at the reply's start, or a malformed reply after its retries) "
+                                      "before the run fails", ge=0, le=1)
     function: str | None = _f(None, "callable: `module:function` or `path/to/file.py:function`, "
                                     "called as fn(prompt, completions) -> K floats")
 
@@ -70,10 +80,14 @@ class JudgeConfig:
             if f.name != "type" and f.name not in reads and getattr(self, f.name) != getattr(defaults, f.name):
                 raise ConfigError(f"judge.{f.name} is not a setting of judge type {self.type!r} "
                                   f"(it reads: {', '.join(sorted(reads))})")
-        if self.type in ("reward_model", "llm", "openai") and not self.model:
+        if self.type in ("reward_model", "pairwise_model", "llm", "openai") and not self.model:
             raise ConfigError(f"judge.model is required for judge type {self.type!r}")
         if self.type == "openai" and not self.base_url:
             raise ConfigError("judge.base_url is required for judge type 'openai' (e.g. http://localhost:8000/v1)")
+        if self.type == "openai":
+            from prefero.openai_client import check_base_urls
+
+            check_base_urls(self.base_url, "judge.base_url")
         if self.type == "callable" and not self.function:
             raise ConfigError("judge.function is required for judge type 'callable' (module:function)")
         if self.type == "reward_model" and self.max_prompt_length >= self.max_length:
@@ -86,10 +100,44 @@ class JudgeConfig:
                 check_template(getattr(self, key), allowed, f"judge.{key}")
         return self
 
+    def identity(self) -> dict:
+        """The keys that decide what the judge answers, for a resumable stage's settings: how
+        patiently a server is asked (concurrency, timeout, retries) and how many unreadable
+        answers a run tolerates change no answer, so a run may resume with them changed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_KEYS}
+
     @property
     def compares(self) -> bool:
         """Whether the judge compares two completions itself (else P comes from its scores)."""
-        return self.type in ("llm", "openai")
+        return self.type in ("pairwise_model", "llm", "openai")
+
+
+def type_switch_overrides(values: dict, overrides: list[str]) -> list[str]:
+    """`key=value` overrides that reset, in each judge block of a YAML file's `values` whose
+    `type` an override changes, the file's keys the new type does not read.
+
+    `prefero judge judge.yaml judge.type=callable judge.function=...` switches a reward-model
+    judge to a verifier: the file's `model:` belongs to the type it had, not to a setting the
+    user asked the new type to ignore, so it is dropped rather than refused. Keys given as
+    overrides are kept (and checked), as are keys set in a file that names its type itself."""
+    given = {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+    resets = []
+    for item in overrides:
+        key, _, new_type = (part.strip() for part in item.partition("="))
+        if not (key == "judge.type" or key.endswith(".judge.type")) or new_type not in TYPE_KEYS:
+            continue
+        block: object = values
+        for part in key.split(".")[:-1]:
+            block = block.get(part) if isinstance(block, dict) else None
+        if not isinstance(block, dict) or block.get("type") == new_type:
+            continue
+        prefix = key[: -len("type")]
+        defaults = JudgeConfig()
+        for name in block:
+            if name != "type" and name not in TYPE_KEYS[new_type] and prefix + name not in given \
+                    and hasattr(defaults, name):
+                resets.append(f"{prefix}{name}={json.dumps(getattr(defaults, name))}")
+    return resets
 
 
 def check_template(template: str, required: set[str], key: str) -> None:
@@ -135,6 +183,6 @@ class JudgeRunConfig:
         self.judge.validate()
         if self.mode == "pairwise" and not self.judge.compares:
             raise ConfigError(
-                f"mode: pairwise needs a judge that compares two completions (llm or openai), not "
+                f"mode: pairwise needs a judge that compares two completions (pairwise_model, llm or openai), not "
                 f"{self.judge.type!r}; judge pointwise: `prefero label` turns scores into P = σ(s_i − s_j)")
         return self

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from prefero.config import ConfigError
+from prefero.data.limits import context_limit
 from prefero.judges import Item, ordered, unorder
 from prefero.judges.prompts import (
     CHOICES, RATINGS, expected_rating, judge_messages, pairwise_prompt, pointwise_prompt,
@@ -121,12 +122,14 @@ class LLMJudge:
         self.cfg = cfg
         self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code, key="judge.model")
         if model is None:
-            model = load_causal_lm(cfg.model, cfg.trust_remote_code, DTYPES[cfg.dtype], attention="sdpa",
+            model = load_causal_lm(cfg.model, cfg.trust_remote_code, DTYPES[cfg.dtype], attention="inference",
                                    key="judge.model")
             model = model.to(resolve_device(cfg.device))
         self.model = model.eval()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        self.max_tokens = getattr(self.model.config, "max_position_embeddings", None)
+        # the one rule every stage uses (prefero.data.limits): GPT-2-like configs and the tokenizer count too
+        limit = context_limit(self.model.config, self.tokenizer)
+        self.max_tokens = limit.tokens if limit is not None else None
         self.rating_labels = self.label_ids(RATINGS, pointwise_prompt(cfg.pointwise_template, "x", "y"))
         self.choice_labels = self.label_ids(CHOICES, pairwise_prompt(cfg.pairwise_template, "x", "y", "z"))
         self.batch_size = 8  # sequences per forward; the run sets it from its batch_size

@@ -5,9 +5,10 @@ judge's probabilities of the answers "1".."10" (finer than the most likely ratin
 judge torn between 6 and 8 scores 7). Pairwise: pick A or B; P(A ≻ B) is the probability
 of "A" among {"A", "B"}. Both templates are configurable; these are the defaults.
 
-When no probabilities are available (an API without logprobs), the answer text is parsed
-strictly (`parse_rating`, `parse_choice`): an answer that does not start with a rating or a
-choice is unparseable and left None — never guessed.
+An answer read from a reply (the `openai` judge) follows one rule, written out above
+`answer_span` below, whether it is read from the reply's text or its token probabilities:
+a reply that does not start with a rating or a choice is unparseable and left None —
+never guessed.
 """
 
 from __future__ import annotations
@@ -76,25 +77,53 @@ def expected_rating(probs: list[float]) -> float:
     return sum(int(r) * p for r, p in zip(RATINGS, probs))
 
 
-# The answer must *start* with it (after spaces, quotes, '*' or '['): a rating mentioned
-# later in a sentence may be about something else ("2 reasons: ..."), so it is not taken.
-_RATING = re.compile(r"^[\s\"'*\[(]*(?:rating\s*[:=]?\s*)?(10|[1-9])(?![\d.,]\d)(?:\s*/\s*10)?\b", re.IGNORECASE)
-# A bare letter must end the answer or be followed by punctuation or a newline: "A good
-# one is B" starts with the article, not a choice.
-_CHOICE = re.compile(r"^[\s\"'*\[(]*(?:(?:response|answer|option)\s+([AB])\b|([AB])(?=\s*$|\s*\n|[.,:;!)*\]\"']))",
-                     re.IGNORECASE)
+# --------------------------------------------------------------------------- reading an answer
+#
+# The one rule, for the text of a reply and for its tokens alike: the answer is the rating
+# or choice the reply STARTS with. Before it may come only
+#   - spaces, newlines and the decoration  " ' * # [ (   (quotes, markdown bold/headings);
+#   - one lead-in word, any case, optionally followed by ':' or '=' and more decoration:
+#     ratings: Rating, Score, Answer; choices: Answer, Choice, Response, Option.
+# A rating is 1..10, not followed by a digit or by '.'/',' and a digit ("7.5" is not 7),
+# optionally written "/10". A bare letter A or B must end the reply or be followed by
+# punctuation or a newline ("A good one is B" starts with the article); after a lead-in
+# word it only needs to end as a word ("Response A is better"). Anything else, a rating
+# mentioned later in a sentence included ("Out of 10 I give 2", "I'd rate it 8"), is
+# unparseable: null and counted, never guessed.
+
+RATING_LEAD_INS = ("rating", "score", "answer")
+CHOICE_LEAD_INS = ("answer", "choice", "response", "option")
+_DECOR = r"[\s\"'*#\[(]*"
+_RATING = re.compile(rf"^{_DECOR}(?:(?:{'|'.join(RATING_LEAD_INS)})\s*[:=]?{_DECOR})?"
+                     r"(10|[1-9])(?![\d.,]\d|\d)(?:\s*/\s*10)?\b", re.IGNORECASE)
+_CHOICE = re.compile(rf"^{_DECOR}(?:(?:{'|'.join(CHOICE_LEAD_INS)})\s*[:=]?{_DECOR}([AB])\b"
+                     r"|([AB])(?=\s*$|\s*\n|[.,:;!)*\]\"']))", re.IGNORECASE)
+
+
+def answer_span(text: str, answers: list[str]) -> tuple[int, int] | None:
+    """Where in `text` the answer it starts with lies, as (start, end) character offsets,
+    by the rule above; `answers` is RATINGS or CHOICES. None: no such answer."""
+    m = (_RATING if answers == RATINGS else _CHOICE).match(text or "")
+    if not m:
+        return None
+    group = next(g for g in range(1, (m.lastindex or 0) + 1) if m.group(g) is not None)
+    if m.group(group) not in answers:  # "a"/"b" lower-case are words, not choices
+        return None
+    return m.start(group), m.end(group)
+
+
+def parse_answer(text: str, answers: list[str]) -> str | None:
+    """The answer `text` starts with (one of `answers`), else None."""
+    span = answer_span(text, answers)
+    return None if span is None else text[span[0]:span[1]]
 
 
 def parse_rating(text: str) -> int | None:
     """The rating a free-text answer starts with ("7", "Rating: 7", "**7/10**"), else None."""
-    m = _RATING.match(text or "")
-    return int(m.group(1)) if m else None
+    answer = parse_answer(text, RATINGS)
+    return None if answer is None else int(answer)
 
 
 def parse_choice(text: str) -> str | None:
     """"A" or "B" when the answer starts with it ("B", "Response A", "**A**"), else None."""
-    m = _CHOICE.match(text or "")
-    if not m:
-        return None
-    letter = m.group(1) or m.group(2)
-    return letter if letter in CHOICES else None  # "a"/"b" lower-case are words, not choices
+    return parse_answer(text, CHOICES)

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from prefero.data.limits import check_max_length, context_limit, default_of
+from prefero.data.formats import was_cut
 from prefero.data.tokenize import Encoder, truncate
 from prefero.judges import Item, compare_by_scores
 from prefero.model import load_tokenizer
@@ -38,6 +40,7 @@ class RewardModelJudge:
 
     def __init__(self, cfg, model=None, tokenizer=None):
         self.cfg = cfg
+        self.max_length, self.max_prompt_length = self.lengths(cfg)
         self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code, key="judge.model")
         if model is None:
             model = load_reward_model(cfg.model, self.tokenizer, cfg.trust_remote_code, DTYPES[cfg.dtype],
@@ -45,9 +48,16 @@ class RewardModelJudge:
             model = model.to(resolve_device(cfg.device))
         self.model = model.eval()
         self.pad_id = self.model.config.pad_token_id
+        # judge.max_length above the model's positions is a config error, as for `prefero rm`
+        check_max_length(self.max_length, context_limit(self.model.config, self.tokenizer), "judge.max_length",
+                         default_of(cfg, "max_length"), "judge.model")
         self.encoder = Encoder(self.tokenizer)
         self.batch_size = 8  # sequences per forward; the run sets it from its batch_size
         self.stats: Counter = Counter()
+
+    def lengths(self, cfg) -> tuple[int, int]:
+        """(max_length, max_prompt_length) inputs are truncated to."""
+        return cfg.max_length, cfg.max_prompt_length
 
     def tokenize(self, item: Item) -> tuple[list[int], list[list[int]]]:
         """Prompt ids and completion ids of one item, truncated as `prefero rm` truncates
@@ -57,8 +67,10 @@ class RewardModelJudge:
         if self.cfg.as_messages and isinstance(prompt, str):
             # one message makes the whole group conversational: completions become assistant turns
             prompt = [{"role": "user", "content": prompt}]
-        prompt_ids, full = encode_group(self.encoder, prompt, item.completions, item.where, fields)
-        cut = truncate(prompt_ids, full, self.cfg.max_length, self.cfg.max_prompt_length, self.encoder.bos_id)
+        reasons = item.record.get("finish_reasons")
+        cut = [was_cut(r) for r in reasons] if isinstance(reasons, list) else []
+        prompt_ids, full = encode_group(self.encoder, prompt, item.completions, item.where, fields, cut)
+        cut = truncate(prompt_ids, full, self.max_length, self.max_prompt_length, self.encoder.bos_id)
         self.stats["prompt_truncated"] += cut.prompt_truncated
         self.stats["completion_truncated"] += sum(len(c) < len(f) for c, f in zip(cut.completions, full))
         return cut.prompt_ids, cut.completions

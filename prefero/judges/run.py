@@ -2,31 +2,49 @@
 
     report = run_judge(load_config("judge.yaml", cls=JudgeRunConfig))
 
-Rows keep every input column and gain `scores` (one per completion, null where the judge
-had no usable answer) and, in pairwise mode, `pairwise`: the K×K matrix P[i][j] =
-P(y_i ≻ y_j), with `scores` then the win rates P̂(y_i) = mean_j P[i][j]. That is the
-"scored multi-completion" shape `prefero train` reads, and what `prefero label` binarizes.
+Rows keep every input column (generate's `finish_reasons` included, which `prefero label`
+reads to drop completions cut at max_new_tokens) and gain `scores` (one per completion,
+null where the judge had no usable answer) and, in pairwise mode, `pairwise`: the K×K
+matrix P[i][j] = P(y_i ≻ y_j), with `scores` then the win rates P̂(y_i) = mean_j P[i][j].
+That is the "scored multi-completion" shape `prefero train` reads, and what `prefero label`
+binarizes.
+
+`index`: a row keeps its input row's own `index` when every input row has a distinct
+integer one (as `prefero generate` writes: the prompt's position), so filtering or
+reordering rows before judging changes no row's identity (label seeds `rejected: random`
+with it); otherwise it is the row's position in the input. A judge's score that is not a
+finite number (a reward model's NaN) stops the run naming the row, before it is saved.
 
 The output is resumable (`prefero.pipeline_io.StageOutput`): rows are saved batch by batch,
 a killed run picks up where it stopped, and the finished file is written atomically in
 input order. The report (`NAME.report.json`) is computed from the finished rows, so it
-covers the rows of earlier, interrupted runs too.
+covers the rows of earlier, interrupted runs too. A run resumes only the rows of the same
+input content and the same judge (`judge_identity`: its settings, and what they point at:
+a callable's source file, a local model's weight files, a server's URL and model name);
+otherwise it says what changed and stops, or with `overwrite=true` judges again.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import inspect
 import json
-import statistics
+import math
+import os
 import time
 from pathlib import Path
 
 from prefero.data.errors import DataError
 from prefero.data.formats import Where, _text
 from prefero.data.read import iter_rows
-from prefero.judges import Item, Judge, build_judge, pairwise_matrices, win_rates
+from prefero.judges import (
+    Item, Judge, JudgeError, build_judge, check_unparseable, pairwise_matrices, text_key, win_rates,
+)
 from prefero.judges.config import JudgeRunConfig
-from prefero.pipeline_io import StageOutput, atomic_write_json
+from prefero.pipeline_io import (
+    StageOutput, atomic_write_json, finite_mean, finite_pstdev, partial_paths, read_jsonl_rows, scrub_credentials,
+)
+from prefero.stage_files import rows_sha256
 
 
 def report_path(output: str) -> Path:
@@ -66,6 +84,76 @@ def completion_text(value, field: str, where: Where):
     return value if isinstance(value, str) else _text(value, field, where)
 
 
+def row_indices(items: list[Item]) -> list[int]:
+    """Each item's output `index` (see the module docstring)."""
+    own = [item.record.get("index") for item in items]
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in own) and len(set(own)) == len(own):
+        return own
+    return list(range(len(items)))
+
+
+def planned_answers(items: list[Item], mode: str) -> int:
+    """The answers judging `items` asks for: one per completion, or pairwise both orders of
+    every pair of different texts (identical ones are ½ without asking)."""
+    if mode != "pairwise":
+        return sum(len(item.completions) for item in items)
+    distinct = [len({text_key(c) for c in item.completions}) for item in items]
+    return sum(d * (d - 1) for d in distinct)
+
+
+def null_answers(out: StageOutput) -> int:
+    """The unanswered scores (pointwise) or comparisons (pairwise, each from ≥ 1 unreadable
+    answer) in the rows saved so far: at least the unreadable answers behind them."""
+    count = 0
+    for path in partial_paths(out.output):
+        for _, row in read_jsonl_rows(path):
+            matrix = row.get("pairwise")
+            if matrix is not None:
+                count += sum(matrix[i][j] is None for i in range(len(matrix)) for j in range(i + 1, len(matrix)))
+            else:
+                count += sum(s is None for s in row.get("scores") or [])
+    return count
+
+
+def check_finite(item: Item, scores: list, matrix: list | None) -> None:
+    """A judge's number that is NaN or infinite is refused, naming the row: it would be
+    written as a token no JSON reader accepts, and poison every mean taken over it."""
+    for k, s in enumerate(scores):
+        if s is not None and not math.isfinite(s):
+            raise JudgeError(str(item.where.error(item.column(k), f"the judge gave the score {s}; expected a "
+                                                  "finite number (nothing of this batch was saved)")))
+    for row in matrix or []:
+        for p in row:
+            if p is not None and not math.isfinite(p):
+                raise JudgeError(str(item.where.error(item.column(), f"the judge gave the probability {p}")))
+
+
+def judge_identity(judge) -> dict:
+    """What decides a judge's answers, for a resumable stage's settings: the block's keys
+    (`JudgeConfig.identity`; a server's URL and model name among them) and what they point at,
+    which can change under the same name: a callable's source file (sha256; the whole file, so
+    an edited helper of the function counts too) and a local model's weight files
+    (`prefero.reference.model_identity`: config.json, and each weight file's size and time)."""
+    identity = judge.identity()
+    if judge.type == "callable":
+        from prefero.judges.callable import load_function
+
+        fn = load_function(judge.function)
+        try:
+            source = Path(inspect.getsourcefile(fn)).read_bytes()
+        except (TypeError, OSError):  # a builtin or a function made at run time: its text if any
+            try:
+                source = inspect.getsource(fn).encode()
+            except (TypeError, OSError):
+                source = repr(fn).encode()
+        identity["function_source_sha256"] = hashlib.sha256(source).hexdigest()
+    elif judge.type in ("reward_model", "llm") and os.path.isdir(os.path.expanduser(judge.model)):
+        from prefero.reference import model_identity
+
+        identity["model_files"] = model_identity(os.path.expanduser(judge.model))
+    return identity
+
+
 def judge_rows(judge: Judge, items: list[Item], mode: str, indices: list[int]) -> list[dict]:
     """The output rows of `items` (input columns + scores [+ pairwise] + index)."""
     if mode == "pairwise":
@@ -77,6 +165,7 @@ def judge_rows(judge: Judge, items: list[Item], mode: str, indices: list[int]) -
     for n, (item, index) in enumerate(zip(items, indices)):
         if len(scores[n]) != len(item.completions):  # a judge's bug, not the data's
             raise RuntimeError(f"the judge returned {len(scores[n])} scores for {len(item.completions)} completions")
+        check_finite(item, scores[n], matrices[n] if matrices is not None else None)
         row = {**item.record, "scores": scores[n], "index": index}
         if matrices is not None:
             row["pairwise"] = matrices[n]
@@ -90,30 +179,49 @@ def run_judge(cfg: JudgeRunConfig) -> dict:
     """Judge `cfg.input` into `cfg.output` (resuming a partial run); returns the report."""
     started = time.monotonic()
     items = read_items(cfg.input, cfg.prompt_column, cfg.completions_column)
-    settings = {"input": cfg.input, "judge": dataclasses.asdict(cfg.judge), "mode": cfg.mode,
-                "prompt_column": cfg.prompt_column, "completions_column": cfg.completions_column}
-    out = StageOutput(cfg.output, settings=settings, overwrite=cfg.overwrite)
+    indices = row_indices(items)
+    settings = {"input_sha256": rows_sha256(item.record for item in items), "judge": judge_identity(cfg.judge),
+                "mode": cfg.mode, "prompt_column": cfg.prompt_column, "completions_column": cfg.completions_column}
+    out = StageOutput(cfg.output, settings=settings, overwrite=cfg.overwrite, report=report_path(cfg.output))
     done = out.start()
-    todo = [i for i in range(len(items)) if i not in done]
+    try:
+        return _judge(cfg, items, indices, out, done, started)
+    finally:
+        out.close()
+
+
+def _judge(cfg: JudgeRunConfig, items: list[Item], indices: list[int], out: StageOutput, done: set[int],
+           started: float) -> dict:
+    todo = [n for n in range(len(items)) if indices[n] not in done]
     stats = {}
     if todo:
         judge = build_judge(cfg.judge)
         if hasattr(judge, "batch_size"):
             judge.batch_size = cfg.batch_size
+        # the whole output's answers: rows an earlier run saved count, their unreadable answers too
+        planned = planned_answers(items, cfg.mode)
+        resumed = null_answers(out)
         try:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="judge", unit="row", disable=None)
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start:start + cfg.batch_size]
-                out.append(judge_rows(judge, [items[i] for i in batch], cfg.mode, batch))
+                rows = judge_rows(judge, [items[n] for n in batch], cfg.mode, [indices[n] for n in batch])
+                # before saving: a run over its budget fails at the latest at its last batch,
+                # so a rerun never finds every row saved and publishes them
+                check_unparseable(judge, planned, resumed)
+                out.append(rows)
                 bar.update(len(batch))
             bar.close()
+        except BaseException:
+            out.abandon()  # no settings file left beside nothing to resume
+            raise
         finally:
             if hasattr(judge, "close"):
                 judge.close()
         stats = {k: v for k, v in sorted(judge.stats.items()) if v}
-    out.finish(total=len(items))
+    out.finish(total=len(items), indices=indices)
     seconds = time.monotonic() - started
     report = judge_report(cfg, read_output(cfg.output))
     report["this_run"] = {"rows_judged": len(todo), "rows_resumed": len(items) - len(todo),
@@ -133,13 +241,14 @@ def judge_report(cfg: JudgeRunConfig, rows: list[dict]) -> dict:
     values = [s for r in rows for s in r["scores"] if s is not None]
     full = [r["scores"] for r in rows if None not in r["scores"] and len(r["scores"]) >= 2]
     judge = {"type": cfg.judge.type}
-    judge.update({k: getattr(cfg.judge, k) for k in ("model", "function", "base_url") if getattr(cfg.judge, k)})
+    judge.update({k: getattr(cfg.judge, k) for k in ("model", "function") if getattr(cfg.judge, k)})
+    if cfg.judge.base_url:
+        judge["base_url"] = scrub_credentials(cfg.judge.base_url)
     report = {
         "input": cfg.input, "output": cfg.output, "judge": judge, "mode": cfg.mode,
         "rows": len(rows), "completions": sum(len(r["scores"]) for r in rows),
         "scores": {
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.pstdev(values) if values else None,
+            "mean": finite_mean(values), "std": finite_pstdev(values),
             "min": min(values, default=None), "max": max(values, default=None),
         },
         "null_scores": sum(s is None for r in rows for s in r["scores"]),

@@ -74,8 +74,9 @@ class ReviseConfig:
     seed: int = _f(0, "seed of the principle draws and of sampling: the same config gives the same files", ge=0)
     output_dir: str = _f("", "where transcripts.jsonl, sft.jsonl, pairs.jsonl and revise_report.json go")
     overwrite: bool = _f(False, "replace a finished run in output_dir (an unfinished one is always resumed)")
-    drop_truncated: bool = _f(True, "leave out of sft.jsonl and pairs.jsonl the prompts whose final revision hit "
-                                    "max_new_tokens (a cut-off text would be trained as a whole answer); counted")
+    drop_truncated: bool = _f(True, "leave out of sft.jsonl and pairs.jsonl the prompts whose final revision (and, "
+                                    "for pairs, the model's original answer) hit max_new_tokens, counted; false = "
+                                    "keep them marked *_truncated, so training appends no EOS to them")
     generation: GenerationBlock | None = _f(None, "the model and how to sample from it: model, backend, temperature, "
                                                   "max_new_tokens, batch_size, base_url... (the keys of prefero generate)")
 

@@ -20,7 +20,10 @@ was killed and resumed or not.
 Resume: transcripts are appended to `transcripts.partial.jsonl` after each batch
 (prefero.pipeline_io.StageOutput). At the end sft.jsonl, pairs.jsonl and the report are
 derived from the transcripts, and only then is transcripts.jsonl written: it is the mark
-of a finished run, so a kill at any point before it leaves a run that resumes.
+of a finished run, so a kill at any point before it leaves a run that resumes. The
+settings the transcripts depend on (the prompts', answers' and constitution's content, the
+sampling keys) are kept beside them: a rerun with others is refused, never mixed in.
+One run writes an output_dir at a time (a lock on its transcripts).
 """
 
 from __future__ import annotations
@@ -40,15 +43,17 @@ from prefero.data.read import iter_rows
 from prefero.generate import make_sampler
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
+from prefero.data.formats import was_cut
 from prefero.pipeline_io import write_jsonl_atomic
 from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, partial_paths, read_jsonl_rows, read_prompts
 from prefero.revise.config import PAIRS, REPORT, SFT, STRIDE, TRANSCRIPTS, ReviseConfig
 from prefero.revise.constitution import (Principle, constitution_sha256, default_constitution_path, draw_principle,
                                          load_constitution)
+from prefero.stage_files import check_output_dir_path, check_output_file
 
 #: Why a transcript gives no SFT row or no pair; checked in this order, the first that applies.
 SFT_DROPS = ("blank_revision", "revision_hit_max_new_tokens")
-PAIR_DROPS = SFT_DROPS + ("blank_original", "revision_unchanged")
+PAIR_DROPS = SFT_DROPS + ("blank_original", "original_hit_max_new_tokens", "revision_unchanged")
 
 
 @dataclass(frozen=True)
@@ -74,13 +79,24 @@ def run_revise(cfg: ReviseConfig, sampler: Sampler | None = None) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("prefero revise runs as one process; for several GPUs serve the model (vllm serve) and "
                           "use generation.backend: openai, or backend: vllm with tensor_parallel_size")
+    check_output_dir_path(cfg.output_dir)
+    check_output_file(cfg.path(TRANSCRIPTS), "output_dir", *(cfg.path(name) for name in (SFT, PAIRS, REPORT)))
     principles = load_constitution(cfg.constitution or default_constitution_path())
     items = read_items(cfg.prompts, cfg.prompt_column, cfg.response_column)
-    gen = cfg.generate_config()
-    out = StageOutput(cfg.path(TRANSCRIPTS), _settings(cfg, principles, items), cfg.overwrite)
+    out = StageOutput(cfg.path(TRANSCRIPTS), _settings(cfg, principles, items), cfg.overwrite,
+                      report=cfg.path(REPORT))
     _refuse_finished_outputs(cfg, out)
     done = out.start()
-    if done:
+    try:
+        return _revise(cfg, sampler, principles, items, out, done)
+    finally:
+        out.close()
+
+
+def _revise(cfg: ReviseConfig, sampler: Sampler | None, principles: list[Principle], items: list[Item],
+            out: StageOutput, done: set[int]) -> dict:
+    gen = cfg.generate_config()
+    if done and not out.complete:
         print(f"prefero revise: resuming, {len(done)} of {len(items)} prompts already done in {out.partial}",
               file=sys.stderr)
     size = gen.batch_size
@@ -204,6 +220,11 @@ def _settings(cfg: ReviseConfig, principles: list[Principle], items: list[Item])
     responses = hashlib.sha256(json.dumps([it.response for it in items], ensure_ascii=False).encode()).hexdigest()
     settings.update(stage="revise", rounds=cfg.rounds, response_column=cfg.response_column,
                     responses_sha256=responses, constitution_sha256=constitution_sha256(principles))
+    gen = cfg.generation
+    if gen.backend != "openai" and gen.model and os.path.isdir(gen.model):
+        from prefero.reference import model_identity
+
+        settings["model_files"] = model_identity(gen.model)  # a model retrained in place is another model
     return settings
 
 
@@ -242,7 +263,7 @@ def read_transcripts(out: StageOutput, total: int) -> tuple[list[dict], int]:
     duplicated rows left out (the first row of an index is kept, as StageOutput.finish does)."""
     rows: dict[int, dict] = {}
     duplicates = 0
-    for path in partial_paths(out.output):
+    for path in partial_paths(out.output) or ([out.output] if out.complete else []):
         for _, row in read_jsonl_rows(path):
             if row["index"] in rows:
                 duplicates += 1
@@ -258,16 +279,23 @@ def read_transcripts(out: StageOutput, total: int) -> tuple[list[dict], int]:
 def derive_rows(transcripts: list[dict], drop_truncated: bool) -> tuple[list[dict], list[dict], dict]:
     """sft rows {index, prompt, completion, principles}, pair rows {index, prompt, chosen,
     rejected, principles} and the drops of each by reason. Every transcript is either a row
-    or one count: len(sft) + Σ dropped["sft"] = len(pairs) + Σ dropped["pairs"] = len(transcripts)."""
+    or one count: len(sft) + Σ dropped["sft"] = len(pairs) + Σ dropped["pairs"] = len(transcripts).
+
+    A text cut at max_new_tokens (`prefero.label.was_cut`, the rule label uses) is dropped with
+    `drop_truncated`, else kept and marked as label marks it (completion_truncated,
+    chosen_truncated, rejected_truncated: true), so training appends no EOS to it."""
     sft, pairs = [], []
     dropped = {"sft": Counter(), "pairs": Counter()}
     for t in transcripts:
         original, final = t["response"], t["rounds"][-1]
         principles = [r["principle"] for r in t["rounds"]]
+        revision_cut = was_cut(final["revision_finish_reason"])
+        original_cut = was_cut(t.get("response_finish_reason"))  # a given answer has no finish reason
         problems = {
             "blank_revision": not final["revision"].strip(),  # the training reader refuses a blank completion
-            "revision_hit_max_new_tokens": drop_truncated and final["revision_finish_reason"] == "length",
+            "revision_hit_max_new_tokens": drop_truncated and revision_cut,
             "blank_original": not original.strip(),
+            "original_hit_max_new_tokens": drop_truncated and original_cut,
             "revision_unchanged": final["revision"].strip() == original.strip(),  # no preference to learn
         }
         reason = next((r for r in SFT_DROPS if problems[r]), None)
@@ -275,13 +303,15 @@ def derive_rows(transcripts: list[dict], drop_truncated: bool) -> tuple[list[dic
             dropped["sft"][reason] += 1
         else:
             sft.append({"index": t["index"], "prompt": t["prompt"], "completion": final["revision"],
-                        "principles": principles})
+                        "principles": principles, **({"completion_truncated": True} if revision_cut else {})})
         reason = next((r for r in PAIR_DROPS if problems[r]), None)
         if reason:
             dropped["pairs"][reason] += 1
         else:
             pairs.append({"index": t["index"], "prompt": t["prompt"], "chosen": final["revision"],
-                          "rejected": original, "principles": principles})
+                          "rejected": original, "principles": principles,
+                          **({"chosen_truncated": True} if revision_cut else {}),
+                          **({"rejected_truncated": True} if original_cut else {})})
     return sft, pairs, {k: dict(sorted(v.items())) for k, v in dropped.items()}
 
 
@@ -297,7 +327,7 @@ def revise_report(cfg: ReviseConfig, principles: list[Principle], transcripts: l
         steps += [(kind, r[f"{kind}_finish_reason"], r[f"{kind}_tokens"]) for r in t["rounds"]
                   for kind in ("critique", "revision")]
         for kind, finish, used in steps:
-            hit_max[kind] += finish == "length"
+            hit_max[kind] += was_cut(finish)
             if used is None:
                 unknown += 1  # the server reported no usage
             else:

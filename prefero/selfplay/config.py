@@ -120,6 +120,9 @@ class SelfPlayConfig:
         choices=list(REFERENCES))
     rejected: str = _f("worst", "iterative: rejected = the worst completion, or a random one scored below "
                                 "the best (sppo takes argmin P̂)", choices=["worst", "random"])
+    keep_truncated: bool = _f(False, "keep pairs/SPPO rows whose chosen or rejected stopped at "
+                                     "generation.max_new_tokens, marked (prefero label's keep_truncated); false = "
+                                     "drop them, counted as truncated in pairs.report.json")
     judge_mode: str = _f("pointwise", "pointwise: a score per completion, P = σ(s_i − s_j) | pairwise: the "
                                       "judge compares every pair (llm, openai; K(K−1) prompts)",
                          choices=["pointwise", "pairwise"])
@@ -217,4 +220,4 @@ def _values(block) -> dict:
 
 #: Keys a resumed run may change: how many iterations, and what cannot change a result.
 RESUMABLE_KEYS = {"iterations", "overwrite", "judge.max_concurrency", "judge.timeout", "judge.max_retries",
-                  "train.save_steps", "train.keep_last", "train.max_bad_steps", "train.reference_cache"}
+                  "judge.max_unparseable", "train.save_steps", "train.keep_last", "train.max_bad_steps", "train.reference_cache"}

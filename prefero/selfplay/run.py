@@ -26,6 +26,14 @@ recognised by the file the stage writes last (generate, judge, label: their repo
 evaluation: report.json): such a stage is marked done without running again. The trainer
 writes no such file, so a kill in that window (after its final save) repeats its training
 from the newest checkpoint.
+
+Before anything is created, every source is checked (the model, the judges' models or
+functions, the prompt files, output_dir), so a wrong path costs no directory that a
+corrected rerun would refuse. One run holds output_dir at a time (a lock beside it), and a
+run resumes only with the same config and the same inputs: the prompt files' content and
+the judge's identity (a callable's source, a local judge model's files) are recorded in
+selfplay_config.json under `inputs`, and a change is refused, never mixed with the
+iterations already done.
 """
 
 from __future__ import annotations
@@ -45,12 +53,13 @@ from prefero.evaluate.run import generate_config as eval_generate_config
 from prefero.evaluate.run import run_eval
 from prefero.generate import GenerateConfig, run_generate
 from prefero.judges.config import JudgeRunConfig
-from prefero.judges.run import run_judge
+from prefero.judges.run import judge_identity, run_judge
 from prefero.label import LabelConfig, run_label
 from prefero.losses import get_loss
 from prefero.outputs import check_output_dir, claim_output_dir
-from prefero.pipeline_io import Prompt, atomic_write_json, read_prompts, write_jsonl_atomic
+from prefero.pipeline_io import Prompt, atomic_write_json, read_prompts, scrub_credentials, write_jsonl_atomic
 from prefero.selfplay.config import RESUMABLE_KEYS, SelfPlayConfig
+from prefero.stage_files import OutputLock, check_output_dir_path, make_folder, rows_sha256
 from prefero.train import train
 
 COMMAND = "selfplay"
@@ -129,7 +138,7 @@ def label_config(cfg: SelfPlayConfig, n: int) -> LabelConfig:
     sppo = cfg.method == "sppo"
     return LabelConfig(input=str(d / "judged.jsonl"), output=str(d / "pairs.jsonl"),
                        format="sppo" if sppo else "pairs", rejected="worst" if sppo else cfg.rejected,
-                       seed=cfg.generation.seed + n - 1)
+                       seed=cfg.generation.seed + n - 1, keep_truncated=cfg.keep_truncated)
 
 
 def train_config(cfg: SelfPlayConfig, n: int) -> TrainConfig:
@@ -169,12 +178,11 @@ def _free_memory() -> None:
 
 
 def _resumable(stage: Callable, stage_cfg) -> None:
-    """Run a pipeline stage (generate, judge, label) unless its report, written after its
-    output, says it has finished; a finished output without its report (a kill between the
-    two writes) is written again."""
-    if report_path(stage_cfg.output).exists():
+    """Run a pipeline stage (generate, judge, label) unless its output and report are both
+    there; the stage itself resumes its partial rows, or writes the report a kill between
+    its two writes left missing without redoing the work."""
+    if report_path(stage_cfg.output).exists() and Path(stage_cfg.output).exists():
         return
-    stage_cfg.overwrite = Path(stage_cfg.output).exists()
     stage(stage_cfg)
 
 
@@ -187,9 +195,13 @@ def _generate(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -
 
 def _label(cfg: SelfPlayConfig, n: int) -> None:
     lcfg = label_config(cfg, n)
-    _resumable(run_label, lcfg)
+    try:
+        _resumable(run_label, lcfg)
+    except DataError:
+        if not report_path(lcfg.output).exists():
+            raise
     report = json.loads(report_path(lcfg.output).read_text(encoding="utf-8"))
-    if report["kept"] == 0:
+    if report["kept"] == 0:  # label refused to write an empty file; say which iteration
         raise DataError(lcfg.input, None, "scores", f"no row gives a preference ({report['read']} read, dropped: "
                                                     f"{report['dropped']}); iteration {n} has nothing to train on")
 
@@ -239,18 +251,28 @@ def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: r
 
 def run_selfplay(cfg: SelfPlayConfig) -> dict:
     """Run (or resume) every iteration; returns the summary (also `output_dir/summary.json`)."""
-    from prefero.selfplay.summary import iteration_line, write_summary
-
     cfg.validate()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would judge, label and write the same files at once
         raise ConfigError("prefero selfplay runs as one process (it is not started with accelerate launch or "
                           "torchrun); its stages use the accelerator that process sees")
+    check_sources(cfg)
     pool = read_prompts(cfg.prompts, cfg.prompt_column)
     slices = prompt_slices(len(pool), cfg.iterations, cfg.prompts_per_iteration, cfg.prompts)
-    if cfg.eval_prompts:
-        read_prompts(cfg.eval_prompts, cfg.prompt_column)  # a bad held-out file fails now, not after training
-    prepare_output_dir(cfg)
+    held_out = read_prompts(cfg.eval_prompts, cfg.prompt_column) if cfg.eval_prompts else []  # fails now, not later
+    inputs = {"prompts_sha256": rows_sha256(p.text for p in pool),
+              "eval_prompts_sha256": rows_sha256(p.text for p in held_out) if held_out else None,
+              "judge": judge_files(cfg.judge), "eval_judge": judge_files(cfg.eval.judge)}
+    out = Path(cfg.output_dir)
+    make_folder(out.parent, "output_dir", out)
+    with OutputLock(out, "output_dir"):
+        prepare_output_dir(cfg, inputs)
+        return _iterations(cfg, pool, slices)
+
+
+def _iterations(cfg: SelfPlayConfig, pool: list[Prompt], slices: list[range]) -> dict:
+    from prefero.selfplay.summary import iteration_line, write_summary
+
     summary = None
     for n in range(1, cfg.iterations + 1):
         d = iteration_dir(cfg, n)
@@ -260,25 +282,68 @@ def run_selfplay(cfg: SelfPlayConfig) -> dict:
     return summary
 
 
-def prepare_output_dir(cfg: SelfPlayConfig) -> None:
-    """Resume a run with this config, or refuse (or, with overwrite, clear) what else is there;
-    then record the config. A run counts as finished when its last stage is marked done."""
+def judge_files(judge) -> dict | None:
+    """What a judge's keys point at (a function's source, a model's files): its keys
+    themselves are in the config already."""
+    if judge is None:
+        return None
+    keys = judge.identity()
+    return {k: v for k, v in judge_identity(judge).items() if k not in keys}
+
+
+def check_sources(cfg: SelfPlayConfig) -> None:
+    """What a stage would find wrong hours in, found now and before anything is created: the
+    model, the judges' models or functions, and output_dir's place (ConfigError naming the key)."""
+    from prefero.judges.callable import load_function
+    from prefero.model import check_model_source
+
+    check_output_dir_path(cfg.output_dir)
+    check_model_source(cfg.model, "model")
+    for key, judge in (("judge", cfg.judge), ("eval.judge", cfg.eval.judge)):
+        if judge is None:
+            continue
+        if judge.type == "callable":
+            load_function(judge.function, f"{key}.function")
+        elif judge.type in ("reward_model", "llm"):
+            check_model_source(judge.model, f"{key}.model")
+
+
+def prepare_output_dir(cfg: SelfPlayConfig, inputs: dict | None = None) -> None:
+    """Resume a run with this config (and these `inputs`' fingerprints), or refuse (or, with
+    overwrite, clear) what else is there; then record the config. A run counts as finished
+    when its last stage is marked done."""
     out = Path(cfg.output_dir)
     saved_path = out / CONFIG_FILE
-    current = to_dict(cfg)
+    current = scrub_credentials(to_dict(cfg))  # as written: a password in a URL is never recorded
+    if inputs is not None:
+        current["inputs"] = json.loads(json.dumps(scrub_credentials(inputs)))
     if saved_path.exists():
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        if inputs is None or "inputs" not in saved:  # not asked, or a run recorded before inputs were
+            saved["inputs"] = current.get("inputs")
         changed = [k for k in changed_keys(saved, current) if k not in RESUMABLE_KEYS]
         if not changed and not (cfg.overwrite and finished(cfg)):
             atomic_write_json(saved_path, current)  # e.g. more iterations than before
             return
         if not cfg.overwrite:
-            detail = "; ".join(f"{k}: {_get(saved, k)!r} -> {_get(current, k)!r}" for k in changed[:5])
+            detail = "; ".join(dict.fromkeys(_change(saved, current, k) for k in changed[:5]))
             raise ConfigError(f"output_dir {out} holds a self-play run with another config ({detail}); rerun "
                               f"with its config ({saved_path}) to resume it, or set overwrite=true to replace it")
     clear = check_output_dir(out, overwrite=cfg.overwrite, resume=False, may_replace=lambda who: who == COMMAND)
     claim_output_dir(out, COMMAND, clear)
     atomic_write_json(saved_path, current)
+
+
+def _change(saved: dict, current: dict, key: str) -> str:
+    """One changed key in words; the inputs' fingerprints say what changed, not two hashes."""
+    if key.startswith("inputs."):
+        what = key.split(".")[1]
+        name = {"prompts_sha256": "prompts", "eval_prompts_sha256": "eval_prompts"}.get(what)
+        if name:
+            return f"{name} content changed since the partial run"
+        part = "its model's weight files" if ".model_files" in key else "its function's source"
+        return f"{what.replace('_', '.')} changed since the partial run: {part}"
+    return f"{key}: {_get(saved, key)!r} -> {_get(current, key)!r}"
 
 
 def finished(cfg: SelfPlayConfig) -> bool:
