@@ -18,13 +18,17 @@ from prefero.demo.task import (
     COUNTS,
     CORRECT,
     DEMO_ACCURACY,
+    EVAL_PROMPT_FILES,
     JUDGE_FUNCTION,
+    LAX_JUDGE_FUNCTION,
+    SPLITS,
     TEMPLATES,
     TOPICS,
     WRONG_COUNT,
     Task,
     check,
     judge,
+    lax_judge,
     parse_prompt,
     score,
     split_prompts,
@@ -48,7 +52,9 @@ def test_parse_prompt_reads_topic_and_count():
 @pytest.mark.parametrize("answer, level, words, reason", [
     (" wave salt shell tide.", CORRECT, 4, None),
     ("wave salt shell tide.", CORRECT, 4, None),  # the leading space is optional
-    (" wave wave wave wave.", CORRECT, 4, None),  # repeats are within the rules
+    (" wave wave wave wave.", BREAKS_RULES, 4, "repeated word 'wave'"),
+    (" wave salt shell wave.", BREAKS_RULES, 4, "repeated word 'wave'"),
+    (" wave tree wave tide.", BREAKS_RULES, 4, "off-topic word 'tree'"),  # the first rule broken is named
     (" wave salt shell.", WRONG_COUNT, 3, None),
     (" wave salt shell tide fish coral.", WRONG_COUNT, 6, None),
     (" wave salt tree tide.", BREAKS_RULES, 4, "off-topic word 'tree'"),
@@ -62,6 +68,19 @@ def test_parse_prompt_reads_topic_and_count():
 def test_check_judges_the_whole_answer(answer, level, words, reason):
     v = check(Task("the sea", 4), answer)
     assert (v.level, v.words, v.reason) == (level, words, reason)
+
+
+def test_the_lax_judge_misses_only_repetition():
+    sea = Task("the sea", 4)
+    assert check(sea, " wave wave wave wave.", repetition=False) == check(sea, " wave salt shell tide.")
+    assert check(sea, " wave wave tree.", repetition=False).reason == "off-topic word 'tree'"
+    answers = [" tide tide tide tide.", " wave salt salt.", " wave salt shell tide.", " wave salt tree tide."]
+    assert lax_judge(SEA4, answers) == [1.0, 1 / 2, 1.0, 0.0]
+    assert judge(SEA4, answers) == [0.0, 0.0, 1.0, 0.0]
+    assert LAX_JUDGE_FUNCTION == "prefero.demo.task:lax_judge"
+    stats = task_accuracy([SEA4] * 4, answers, repetition=False)
+    assert (stats.task_accuracy, stats.within_rules) == (2 / 4, 3 / 4)
+    assert task_accuracy([SEA4] * 4, answers).broken == {"off-topic word": 1, "repeated word": 2}
 
 
 def test_score_and_the_callable_judge_agree_with_hand_values():
@@ -114,12 +133,22 @@ def test_demonstrations_follow_the_rules_and_are_right_part_of_the_time():
     assert abs(stats.task_accuracy - DEMO_ACCURACY) < 4 * sd
 
 
-def test_held_out_prompts_are_not_trained_on():
-    train, held_out = split_prompts()
-    assert not {p for p, _ in train} & {p for p, _ in held_out}
-    assert len(train) + len(held_out) == len(TOPICS) * len(COUNTS) * len(TEMPLATES)
-    sft_prompts = {r["prompt"] for r in task_files()["demo_task_sft.jsonl"]}
-    assert sft_prompts == {p for p, _ in train}
+def test_splits_are_disjoint_in_topic_and_count():
+    split = split_prompts()
+    pairs = {name: {(t.topic, t.count) for _, t in split[name]} for name in SPLITS}
+    assert not pairs["train"] & pairs["validation"] and not pairs["train"] & pairs["test"]
+    assert not pairs["validation"] & pairs["test"]
+    # every (topic, N) pair once, with all its phrasings in its split; 4 / 1 / 3 of each topic's counts
+    assert sum(len(v) for v in split.values()) == len(TOPICS) * len(COUNTS) * len(TEMPLATES)
+    assert {name: len(v) for name, v in pairs.items()} == {"train": 4 * len(TOPICS), "validation": len(TOPICS),
+                                                           "test": 3 * len(TOPICS)}
+    for name in SPLITS:  # every topic and every count in every split
+        assert {t for t, _ in pairs[name]} == set(TOPICS) and {n for _, n in pairs[name]} == set(COUNTS)
+    files = task_files()
+    assert {r["prompt"] for r in files["demo_task_sft.jsonl"]} == {p for p, _ in split["train"]}
+    assert [r["prompt"] for r in files["demo_task_prompts.jsonl"]] == [p for p, _ in split["train"]]
+    for name, file in EVAL_PROMPT_FILES.items():
+        assert [r["prompt"] for r in files[file]] == [p for p, _ in split[name]]
 
 
 def test_topics_share_no_word():
@@ -147,6 +176,18 @@ def test_config_blocks_keep_their_own_defaults():
         load_config(None, ["sppo.beta=0"], cls=DemoConfig)
     with pytest.raises(ConfigError, match="unknown config key 'dpo.betta'.*did you mean 'dpo.beta'"):
         load_config(None, ["dpo.betta=1"], cls=DemoConfig)
+    with pytest.raises(ConfigError, match="split"):  # training prompts are never an evaluation split
+        load_config(None, ["split=train"], cls=DemoConfig)
+
+
+def test_the_evaluation_split_chooses_the_prompts(tmp_path):
+    from prefero.demo.run import Pipeline
+
+    for split, quick, n in [("test", False, 360), ("validation", False, 120), ("test", True, 128)]:
+        cfg = load_config(None, [f"output_dir={tmp_path}", f"split={split}", f"quick={quick}"], cls=DemoConfig)
+        path = Pipeline(cfg.effective(), tmp_path, None).eval_prompts()
+        rows = [json.loads(x)["prompt"] for x in open(path)]
+        assert rows == [r["prompt"] for r in task_files()[EVAL_PROMPT_FILES[split]]][:n]
 
 
 def test_quick_and_smoke_settings_are_applied_and_reported():
@@ -168,6 +209,7 @@ def _answers(path, prompts, answers):
 
 
 def test_evaluate_against_sft_on_known_verdicts(tmp_path):
+    """Also: repetition within the answers and what the lax judge says of them."""
     from prefero.demo.evaluate import describe, evaluate_against_sft
     from prefero.evaluate import compare
 
@@ -193,16 +235,36 @@ def test_evaluate_against_sft_on_known_verdicts(tmp_path):
     assert r["mean_length"] == sum(map(len, policy)) / 4
     assert describe(SEA4, " wave salt.") == "2 words, asked 4"
     assert describe(space3, " star tree moon.") == "breaks the rules: off-topic word 'tree'"
+    # no answer above repeats a word: the full and the lax judge agree
+    assert (r["repetition_rate"], r["degenerate"], r["baseline_repetition_rate"]) == (0.0, 0.0, 0.0)
+    assert r["lax_win_rate"] == r["win_rate"] and r["lax_task_accuracy"] == r["task_accuracy"]
+
+
+def test_the_lax_judges_win_is_a_loss_by_the_rules(tmp_path):
+    from prefero.demo.evaluate import evaluate_against_sft
+
+    prompts = [SEA4, SEA4]
+    policy = [" tide tide tide tide.", " wave wave salt salt."]  # count right, words repeated
+    base = [" wave salt.", " wave salt shell tide."]
+    r = evaluate_against_sft("dpo_lax", tmp_path / "eval", answers=_answers(tmp_path / "p.jsonl", prompts, policy),
+                             sft_answers=_answers(tmp_path / "b.jsonl", prompts, base))
+    # lax: 1 vs 1/3 (win), 1 vs 1 (tie); full rules: 0 vs 1/3, 0 vs 1 (two losses)
+    assert (r["lax_win_rate"], r["win_rate"]) == ((1 + 0.5) / 2, 0.0)
+    assert (r["lax_task_accuracy"], r["task_accuracy"], r["baseline_lax_task_accuracy"]) == (1.0, 0.0, 0.5)
+    assert r["broken_rules"] == {"repeated word": 2}
+    # both repeat a word; "tide" x4 loops, "wave wave salt salt" does not (2 copies of each)
+    assert (r["repetition_rate"], r["degenerate"], r["baseline_degenerate"]) == (1.0, 0.5, 0.0)
 
 
 # --------------------------------------------------------------------------- the demo, end to end
 
-#: The reduced demo's win rates against SFT, measured on seeds 0-4 (128 held-out prompts):
-#: DPO 0.691-0.758, SimPO 0.672-0.770, SPPO (2nd iteration) 0.738-0.789. A method's 95%
-#: interval is about ±0.05 at 128 prompts and the seeds spread by 0.03 (sd), so 0.60 — more
-#: than an interval half-width under the lowest of the 15 and 2.5 sd under the mean (0.73) —
-#: fails when a method stopped beating SFT, not on an unlucky draw.
-QUICK_WIN_RATE_BOUND = 0.60
+#: The reduced demo's sampled win rates against SFT on the first 128 test prompts, measured on
+#: seeds 0 and 1 (test split; seed 0 is this test's run): DPO 0.527 / 0.555, SimPO 0.453 / 0.508,
+#: SPPO (2nd iteration) 0.578 / 0.625; on the validation split, seed 0: 0.562, 0.487, 0.625. Each
+#: bound is the lowest of those less 0.08 — twice the largest seed-to-seed sd measured (0.04) — so
+#: it fails when a method collapses, not on an unlucky seed. They do not assert that DPO or SimPO
+#: beat SFT: at the reduced demo's steps they do not reliably (their intervals reach below 0.5).
+QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.37, "sppo": 0.50}
 
 
 @pytest.fixture(scope="module")
@@ -214,25 +276,40 @@ def quick_demo(tmp_path_factory):
     return out, report
 
 
+def _mean_preference(path) -> float:
+    rows = [json.loads(x) for x in open(path)]
+    return sum(r["preference"] for r in rows) / len(rows)
+
+
 def test_quick_demo_aligns_every_method(quick_demo):
     from prefero.demo.evaluate import read_answers
+    from prefero.evaluate.metrics import repeats_a_word, response_words
 
     out, report = quick_demo
+    assert report["split"] == {"name": "test", "prompts": 128}  # every number names its split
     sft = report["sft"]
     for name in ("dpo", "simpo", "sppo"):
         m = report["methods"][name]
-        assert {"win_rate", "win_rate_ci", "lc_win_rate", "task_accuracy", "mean_length"} <= set(m)
-        assert m["win_rate"] >= QUICK_WIN_RATE_BOUND, (name, m["win_rate"])
-        assert m["win_rate_ci"][0] > 0.5, (name, m["win_rate_ci"])  # beats SFT beyond the interval
-        assert m["task_accuracy"] > sft["task_accuracy"], (name, m["task_accuracy"], sft["task_accuracy"])
+        assert {"win_rate", "win_rate_ci", "lc_win_rate", "task_accuracy", "mean_length", "repetition_rate",
+                "degenerate", "greedy"} <= set(m)
+        assert m["win_rate"] >= QUICK_WIN_RATE_BOUND[name], (name, m["win_rate"])
         # the headline numbers are the files' numbers: the mean preference of the compared prompts,
-        # and the verifier's accuracy on the saved answers
-        rows = [json.loads(x) for x in open(out / "eval" / m.get("iteration", name) / "comparisons.jsonl")]
-        assert m["win_rate"] == pytest.approx(sum(r["preference"] for r in rows) / len(rows), rel=1e-12)
+        # the verifier's accuracy and the share of answers repeating a word, on the saved answers
+        key = m.get("iteration", name)
+        assert m["win_rate"] == pytest.approx(_mean_preference(out / "eval" / key / "comparisons.jsonl"), rel=1e-12)
+        assert m["greedy"]["win_rate"] == pytest.approx(
+            _mean_preference(out / "eval" / f"{key}_greedy" / "comparisons.jsonl"), rel=1e-12)
         prompts, answers = read_answers(m["answers"])
         assert m["task_accuracy"] == task_accuracy(prompts, answers).task_accuracy
+        assert m["repetition_rate"] == sum(repeats_a_word(response_words(a)) for a in answers) / len(answers)
+        assert m["greedy"]["task_accuracy"] == task_accuracy(*read_answers(m["greedy"]["answers"])).task_accuracy
     assert report["methods"]["sppo"]["iteration"] == "sppo_2" and len(report["sppo_iterations"]) == 2
     assert 0 < sft["task_accuracy"] < 0.6  # the SFT model is right only part of the time
+    # the reward-hacking ablation: judged by the full rules, and by the lax judge it was trained on,
+    # which calls correct every answer the full rules do and more
+    hacked = report["ablations"]["dpo_lax"]
+    assert hacked["lax_task_accuracy"] >= hacked["task_accuracy"]
+    assert 0 <= hacked["lax_win_rate"] <= 1 and "greedy" in hacked
 
 
 def test_quick_demo_saves_models_and_reports(quick_demo):
@@ -247,6 +324,7 @@ def test_quick_demo_saves_models_and_reports(quick_demo):
     first = report["examples"][0]
     assert first["prompt"] in md and "## Examples" in md and "| SFT |" in md and "| DPO |" in md
     assert set(first["answers"]) == {"sft", "dpo", "simpo", "sppo"}
+    assert "measured on the test split: 128 prompts" in md and "Reward hacking, on purpose" in md
     assert report["hyperparameters"]["dpo"]["beta"]["why"]  # every setting says why
     assert report["passed"] == (not report["shortfalls"])
 
@@ -293,6 +371,6 @@ def test_killed_demo_resumes_at_the_unfinished_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(prefero.train, "train", counted(prefero.train.train))
     monkeypatch.setattr(prefero.selfplay.run, "train", counted(prefero.selfplay.run.train))
     report = run_demo(load_config(None, args + ["resume=true"], cls=DemoConfig))
-    assert trained == ["simpo", "sppo/iter_2/model"]
+    assert trained == ["simpo", "dpo_lax", "sppo/iter_2/model"]
     assert (out / "dpo" / "model.safetensors").stat().st_mtime_ns == dpo_weights
     assert set(report["methods"]) == {"dpo", "simpo", "sppo"}

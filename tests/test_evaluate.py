@@ -28,11 +28,19 @@ from prefero.evaluate import (
 )
 from prefero.pipeline_io import atomic_path, atomic_write_text
 from prefero.evaluate.config import EvalConfig
-from prefero.evaluate.metrics import _sigmoid
+from prefero.evaluate.metrics import (
+    _sigmoid,
+    distinct_ratio,
+    loops,
+    repeats_a_word,
+    repetition_stats,
+    response_words,
+)
 from prefero.evaluate.plots import (
     collect_win_rates,
     curve,
     plot_lengths,
+    plot_repetition,
     plot_run,
     plot_training_curves,
     plot_win_rates,
@@ -237,11 +245,50 @@ def test_ngram_repetition_by_hand():
         ngram_repetition(toks, 0)
 
 
+class _CharTokenizer:
+    """Every character a token (a model that writes without spaces still loops in tokens)."""
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text)
+
+
+def test_repetition_measures_by_hand():
+    assert response_words("Tide tide, TIDE. !!! (sea)") == ["tide", "tide", "tide", "!!!", "sea"]
+    assert repeats_a_word(response_words(" tide tide tide tide.")) and not repeats_a_word(["wave", "salt"])
+    abab = ["a", "b", "a", "b", "a", "b"]
+    assert distinct_ratio(abab, 1) == 2 / 6 and distinct_ratio(abab, 2) == 2 / 5 and distinct_ratio(abab, 3) == 2 / 4
+    assert distinct_ratio(["x", "y"], 3) is None and distinct_ratio(["a", "b", "c"], 1) == 1.0
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        distinct_ratio(abab, 0)
+    # loops: a unit of 1-4 items at least 3 times back to back, over at least half the items
+    assert loops(["tide"] * 4) and loops(abab + ["c"])  # one word x4; "a b" x3 over 6 of 7
+    assert not loops(["tide"] * 2)  # two copies are not a loop
+    assert not loops(["a", "b", "c", "a", "b", "c"])  # "a b c" twice
+    assert not loops(["x", "y", "z", "w", "v", "a", "a", "a"])  # 3 copies, but 3 of 8 items
+    assert loops(["x", "y", "z", "w", "a", "a", "a", "a"])  # 4 of 8: half
+    assert loops(list("uvwxuvwxuvwx")) and not loops(list("uvwxyuvwxyuvwxy"))  # 4-item unit; 5 is too long
+
+    answers = [" tide tide tide tide.", " wave salt wave shell.", " wave salt shell tide.", "", "abababab"]
+    r = repetition_stats(answers, ngram=2)
+    assert r.repetition_rate == 2 / 5  # the blank one repeats nothing; "abababab" is one word
+    # distinct-1 per answer with words: 1/4, 3/4, 1, 1 (the blank one has none)
+    assert r.distinct_1 == pytest.approx((1 / 4 + 3 / 4 + 1 + 1) / 4, abs=EXACT)
+    # distinct-2: tide-tide x3 → 1/3; wave-salt salt-wave wave-shell → 1; 1; "abababab" is too short
+    assert r.distinct_n == pytest.approx((1 / 3 + 1 + 1) / 3, abs=EXACT) and r.too_short == 2
+    assert r.degenerate == 1 / 5  # only the first, by its words
+    assert repetition_stats(answers, ngram=2, tokenizer=_CharTokenizer()).degenerate == 2 / 5  # "ab" x4 in tokens
+    with pytest.raises(ValueError, match="zero responses"):
+        repetition_stats([])
+
+
 def test_generation_stats_counts_what_it_leaves_out(tiny_tokenizer):
     texts = ["a b a b a b", "hi there", "  "]
     s = generation_stats(texts)
     assert s.mean_chars == pytest.approx((11 + 8 + 2) / 3, abs=EXACT)
-    assert s.repetition_rate == 0.5  # only the first has a 3-gram
+    assert s.repetition_rate == 1 / 3  # only the first repeats a word; the blank one counts as not
+    assert s.distinct_1 == pytest.approx((2 / 6 + 1) / 2, abs=EXACT)  # the blank one has no words
+    assert s.distinct_n == 0.5  # only the first has a 3-gram: aba bab aba bab, 2 distinct of 4
+    assert s.degenerate == 1 / 3  # "a b" three times over all of it
     assert (s.too_short, s.empty, s.n, s.mean_tokens) == (2, 1, 3, None)
     # tokens exclude special tokens: the tiny tokenizer prepends BOS by default
     t = generation_stats(["hello world", ""], tokenizer=tiny_tokenizer)
@@ -299,11 +346,16 @@ def test_compare_and_report_json(tmp_path):
     assert report["lc_win_rate"] == r.lc.lc_win_rate
     assert report["mean_length"] == pytest.approx((1 + 15 + 37 + 5) / 4, abs=EXACT)
     assert report["baseline_mean_length"] == pytest.approx((8 + 5 + 3 + 13) / 4, abs=EXACT)
-    # 3-gram repetition: "Hi! Hi! Hi! Hi!" → 2 windows, 1 distinct → ½; the others repeat none;
-    # "4" and "1 2 3"? "4" has no 3-gram (left out), "1 2 3" has one window → 0
-    assert report["repetition_rate"] == pytest.approx((0.5 + 0.0 + 0.0) / 3, abs=EXACT)
+    # repetition: only "Hi! Hi! Hi! Hi!" repeats a word (hi, 4 times), and it loops: 1 of 4 each;
+    # distinct 3-grams: "4" has none (left out), "Hi! ..." 1 of 2, the color sentence (7 words) 5 of 5,
+    # "1 2 3" 1 of 1
+    assert (report["repetition_rate"], report["degenerate"]) == (1 / 4, 1 / 4)
+    assert report["distinct_n"] == pytest.approx((0.5 + 1 + 1) / 3, abs=EXACT)
     assert report["generation"]["policy"]["too_short"] == 1
-    assert report["baseline_repetition_rate"] == 0.0
+    assert report["generation"]["policy"]["distinct_1"] == pytest.approx((1 + 1 / 4 + 1 + 1) / 4, abs=EXACT)
+    assert (report["baseline_repetition_rate"], report["baseline_degenerate"], report["baseline_distinct_n"]) == \
+        (0.0, 0.0, 1.0)
+    assert report["generation"]["baseline"]["too_short"] == 2  # "Hello", "red"
     assert report["judgments"] == {"wins": 2, "ties": 1, "losses": 1,
                                    "position_bias": pytest.approx((0.5 - 0.2 + 0.2 + 0) / 4, abs=EXACT)}
     assert report["meta"] == {"policy": "runs/dpo", "judge": "llm"}
@@ -312,7 +364,7 @@ def test_compare_and_report_json(tmp_path):
     assert [row["preference"] for row in rows] == pytest.approx([0.75, 0.1, 0.8, 0.5], abs=EXACT)
     assert rows[1]["prompt"] == [{"role": "user", "content": "Say hi"}] and rows[0]["p_rev"] == "tie"
     assert {p.name for p in written.values()} == {"report.json", "report.md", "comparisons.jsonl",
-                                                   "lengths.png", "win_rates.png"}
+                                                   "lengths.png", "repetition.png", "win_rates.png"}
     assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind
 
 
@@ -322,6 +374,9 @@ def test_report_markdown_table_and_examples(tmp_path):
     assert "| win rate | 53.8% [" in md  # (0.75 + 0.1 + 0.8 + 0.5) / 4 = 0.5375
     assert "| wins / ties / losses | 2 / 1 / 1 of 4 prompts |" in md
     assert "| judge position bias | +12.5 points for the response shown first |" in md
+    assert "| repetition rate (responses that repeat a word) | 25.0% | 0.0% |" in md
+    assert "| degenerate (one word, token or n-gram looped) | 25.0% | 0.0% |" in md
+    assert "| distinct-3 (distinct 3-grams / 3-grams) | 0.833 | 1.000 |" in md
     # examples: the clearest loss (prompt 1, 0.1), then the clearest win (prompt 2, 0.8)
     assert "### 1. Prompt 1 — policy lost (P(policy ≻ baseline) = 0.10; policy shown first: loss, " \
            "baseline shown first: 0.20)" in md
@@ -436,7 +491,13 @@ def test_figures_are_written(tmp_path):
     assert plot_training_curves([{"step": 1, "grad_norm": 1.0}], tmp_path / "none.png") is None
     assert _is_png(plot_lengths([10, 20, 30, 25], [5, 8, 12, 9], tmp_path / "len.png"))
     assert _is_png(plot_win_rates([{"label": "dpo", "win_rate": 0.6, "ci": [0.5, 0.7], "lc_win_rate": 0.55},
-                                   {"label": "simpo", "win_rate": 0.4, "ci": [0.3, 0.5]}], tmp_path / "wr.png"))
+                                   {"label": "simpo", "win_rate": 0.4, "ci": [0.3, 0.5], "degenerate": 0.3}],
+                                  tmp_path / "wr.png"))
+    sides = {"policy": {"repetition_rate": 0.7, "degenerate": 0.2, "distinct_1": 0.8},
+             "baseline": {"repetition_rate": 0.1, "degenerate": 0.0, "distinct_1": None}}
+    assert _is_png(plot_repetition(sides, tmp_path / "rep.png"))
+    with pytest.raises(ValueError, match="no repetition statistics"):
+        plot_repetition({}, tmp_path / "none.png")
 
 
 def test_plot_run_finds_training_curves_and_iterations(tmp_path):
@@ -459,7 +520,7 @@ def test_plot_run_finds_training_curves_and_iterations(tmp_path):
 def test_plot_run_on_an_eval_directory(tmp_path):
     write_report(tmp_path, _result(), plots=False)
     written = plot_run(tmp_path)
-    assert [p.name for p in written] == ["lengths.png", "win_rates.png"]
+    assert [p.name for p in written] == ["lengths.png", "repetition.png", "win_rates.png"]
     md = render_markdown(json.loads((tmp_path / "report.json").read_text()), plots=written, root=tmp_path)
     assert "![lengths](plots/lengths.png)" in md
 

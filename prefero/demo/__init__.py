@@ -4,10 +4,12 @@
     report = run_demo(DemoConfig(output_dir="runs/demo"))      # or run_demo("runs/demo")
 
 A 1M-parameter model is trained from scratch on demonstrations of a task a Python
-function can check ("Write N words about TOPIC."), right only part of the time; its
-samples are judged by that function, labelled into pairs and SPPO rows, and DPO, SimPO
-and two SPPO iterations are trained on them and judged against the SFT model on held-out
-prompts. Modules: `task` (the task, its data and its judge), `model` (the tokenizer and
+function can check ("Write N words about TOPIC.": N words of the topic, no word twice),
+right only part of the time; its samples are judged by that function, labelled into
+pairs and SPPO rows, and DPO, SimPO and SPPO are trained on them and judged against the
+SFT model on test prompts whose (topic, N) pairs training never saw — sampled and
+greedy. Two ablations ride along: SimPO without length normalisation, and DPO trained by
+a judge blind to repetition (reward hacking, on purpose). Modules: `task` (the task, its data and its judge), `model` (the tokenizer and
 model builder), `config` (DemoConfig), `run` (the stages in order), `evaluate` (a method
 against SFT), `report` (report.json, report.md, the terminal table).
 """

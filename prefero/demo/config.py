@@ -3,9 +3,11 @@
 The defaults are the demo. Every method's hyperparameters are scaled to a 1M-parameter
 model trained from scratch, not copied from the papers' 7B settings; each field's help
 says why its value, and the report repeats the values used. The numbers quoted are win
-rates against the SFT model on the held-out prompts, measured with the demo's own
-learning rates and steps: the papers' β, ε or η dropped into this run, not their whole
-recipes.
+rates against the SFT model, measured with the demo's own learning rates and steps: the
+papers' β, ε or η dropped into this run, not their whole recipes. Numbers marked
+"(earlier rules)" were measured before the task's no-repeat rule and its (topic, N)
+split, on prompts that shared (topic, N) pairs with training; the others on the
+validation split (never the test split the report uses).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ def _block(cls, help: str):
 class SFTSettings:
     """Supervised fine-tuning from scratch on the task's demonstrations (the `sft:` block)."""
 
-    max_steps: int = _f(500, "optimizer steps: 5 passes over the 3,072 demonstrations at batch 32; by then the "
-                             "model writes about the demonstrations' count distribution (right 35-43% of the time)",
-                        ge=1)
+    max_steps: int = _f(500, "optimizer steps: 4 passes over the 3,840 demonstrations at batch 32; by then the "
+                             "model keeps the rules most of the time but gets the count of an unseen (topic, N) pair "
+                             "right far less often than the demonstrations do", ge=1)
     learning_rate: float = _f(3e-3, "peak learning rate: a from-scratch 1M-parameter model trains at 1e-3..1e-2",
                               gt=0)
     batch_size: int = _f(32, "demonstrations per step", ge=1)
@@ -39,10 +41,11 @@ class DPOSettings:
     """DPO on best-vs-worst pairs of the SFT model's samples (the `dpo:` block)."""
 
     beta: float = _f(1.0, "β: at the paper's 0.1 the policy left the task's words and format (win rate 0.08-0.09, "
-                          "a tenth of its answers within the rules, 2 seeds); 1 to 4 kept it there (0.70-0.74)", gt=0)
+                          "a tenth of its answers within the rules, 2 seeds); 1 to 4 kept it there (0.70-0.74) (earlier rules)",
+                    gt=0)
     learning_rate: float = _f(3e-4, "peak learning rate: at 1e-3 more answers leave the rules (0.78-0.92 within "
-                                    "them, against 0.96-0.97 at 3e-4)", gt=0)
-    max_steps: int = _f(144, "optimizer steps: 1.5 passes over the ~1,530 pairs at batch 16", ge=1)
+                                    "them, against 0.96-0.97 at 3e-4; earlier rules)", gt=0)
+    max_steps: int = _f(144, "optimizer steps: 1.2 passes over the ~1,900 pairs at batch 16", ge=1)
     batch_size: int = _f(16, "pairs per step", ge=1)
 
 
@@ -55,12 +58,12 @@ class SimPOSettings:
     label_smoothing: float = _f(0.2, "ε: the loss is then smallest at a finite margin, log((1-ε)/ε) = 1.4, instead "
                                      "of rewarding a wider margin for ever. SimPO has no reference model to hold the "
                                      "policy, and without ε this model's answers ran on past their period (win rate "
-                                     "0.25-0.37 on 2 seeds; 0.63 at best with fewer steps; 0.69-0.73 with ε = 0.2)",
+                                     "0.25-0.37 on 2 seeds; 0.63 at best with fewer steps; 0.69-0.73 with ε = 0.2; earlier rules)",
                                 ge=0, lt=0.5)
-    learning_rate: float = _f(3e-4, "peak learning rate (at 5e-4 for 216 steps 15% of the answers left the rules)",
-                              gt=0)
-    max_steps: int = _f(216, "optimizer steps: 2.25 passes over the pairs at batch 16 (win rate 0.70 after 144 "
-                             "steps, 0.72 after 216, on one SFT model)", ge=1)
+    learning_rate: float = _f(3e-4, "peak learning rate (at 5e-4 for 216 steps 15% of the answers left the rules; "
+                                    "earlier rules)", gt=0)
+    max_steps: int = _f(216, "optimizer steps: 1.8 passes over the pairs at batch 16 (win rate 0.70 after 144 "
+                             "steps, 0.72 after 216, on one SFT model; earlier rules)", ge=1)
     batch_size: int = _f(16, "pairs per step", ge=1)
     ablation: bool = _f(True, "also train SimPO on summed log-probs (no length normalisation) and compare lengths")
 
@@ -74,10 +77,10 @@ class SPPOSettings:
                            "(0 to 1) put P̂ − ½ within ±0.23, so η = 33 asks for a few nats, what this model can move "
                            "(η = 10 "
                            "moved it too little: win rate 0.59-0.61 after one iteration). The paper's η = 1000 asks "
-                           "for hundreds: its first iteration collapsed (win rate 0.11-0.35, 2 seeds)", gt=0)
+                           "for hundreds: its first iteration collapsed (win rate 0.11-0.35, 2 seeds; earlier rules)", gt=0)
     learning_rate: float = _f(3e-4, "peak learning rate", gt=0)
-    max_steps: int = _f(144, "optimizer steps per iteration: 1.5 passes over the ~1,530 rows of the first "
-                             "iteration (the second has fewer: rows whose K answers all tie are dropped)", ge=1)
+    max_steps: int = _f(144, "optimizer steps per iteration: 1.2 passes over the ~1,900 rows of the first "
+                             "iteration (later ones have fewer: rows whose K answers all tie are dropped)", ge=1)
     batch_size: int = _f(16, "rows per step", ge=1)
 
 
@@ -87,18 +90,31 @@ class DemoConfig:
 
     output_dir: str = _f("runs/demo", "where the demo writes (replaced only if an earlier demo made it)")
     resume: bool = _f(False, "keep the finished stages of an interrupted demo in output_dir and run the rest")
-    quick: bool = _f(False, "the reduced demo (CI): SFT 300 steps, 2 rounds, half the preference steps, 128 "
-                            "held-out prompts, no SimPO ablation")
+    quick: bool = _f(False, "the reduced demo (CI): SFT 300 steps, 2 rounds, half the preference steps, the first "
+                            "128 prompts of the split, no SimPO ablation")
     seed: int = _f(0, "seed of the model's initialisation, training order and sampling", ge=0)
+    split: str = _f("test", "the prompts every reported number is measured on: test (the report's), or validation "
+                            "(for tuning settings without looking at the test prompts); disjoint in (topic, N) from "
+                            "each other and from training", choices=("test", "validation"))
+    greedy: bool = _f(True, "also judge every model's greedy answers against SFT's greedy answers (reported beside "
+                            "the sampled numbers, which are the headline)")
+    hacking_ablation: bool = _f(True, "also train DPO (the dpo block's settings) on pairs labelled by a judge that "
+                                      "checks the count and the vocabulary but not repetition, and judge it by the "
+                                      "full rules: reward hacking, shown on purpose. How much shows depends on how "
+                                      "hard the policy is pushed: in the reduced demo (validation split, seed 0) at "
+                                      "the dpo block's 3e-4 its answers repeated a word 10% of the time (SFT 13%); "
+                                      "at 1e-3, 42%, with a win rate of 0.35 by the full rules against 0.49 by the "
+                                      "lax judge")
     num_samples: int = _f(8, "K: answers sampled per prompt for the judge", ge=2)
-    rounds: int = _f(4, "times each of the 384 training prompts is sampled (K answers each time); each round gives "
-                        "one best-vs-worst pair (and one SPPO row) per prompt, so 4 rounds give up to 1,536", ge=1)
+    rounds: int = _f(4, "times each of the 480 training prompts is sampled (K answers each time); each round gives "
+                        "one best-vs-worst pair (and one SPPO row) per prompt, so 4 rounds give up to 1,920", ge=1)
     temperature: float = _f(1.0, "sampling temperature, for preference data and evaluation alike (the policy "
                                  "as it is, not its mode)", gt=0)
     max_steps: int = _f(0, "smoke runs: train every preference stage this many steps, SFT at least 20 (a model "
                            "trained for fewer writes nothing the judge can rank), 1 round (0 = the blocks' own)", ge=0)
-    win_rate_target: float = _f(0.65, "a method whose win rate against SFT is below this is reported as short of "
+    win_rate_target: float = _f(0.70, "a method whose win rate against SFT is below this is reported as short of "
                                       "the target", ge=0, le=1)
+    ci_lower_target: float = _f(0.60, "... and one whose win rate's 95% interval starts at or below this", ge=0, le=1)
     sft: SFTSettings = _block(SFTSettings, "SFT block: max_steps, learning_rate, batch_size")
     dpo: DPOSettings = _block(DPOSettings, "DPO block: beta, learning_rate, max_steps, batch_size")
     simpo: SimPOSettings = _block(SimPOSettings, "SimPO block: beta, gamma_beta_ratio, learning_rate, max_steps, "

@@ -9,8 +9,9 @@ rate. On the held-out pairs it measures the model's likelihood-ranking accuracy 
 reward accuracy of the method's own implicit reward.
 
 What `prefero eval` does not know is the task: how many answers are correct
-(`task_accuracy`) and how many keep to the rules (`within_rules`, the drift check); those
-are added here from the same answer files.
+(`task_accuracy`) and how many keep to the rules (`within_rules`), and what the judge with
+a hole (`lax_judge`, blind to repeated words) would say of the same answers
+(`lax_win_rate`, `lax_task_accuracy`); those are added here from the same answer files.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefero.demo.task import JUDGE_FUNCTION, check, parse_prompt, task_accuracy
+from prefero.demo.task import JUDGE_FUNCTION, check, parse_prompt, score, task_accuracy, verdict_of_pair
 
 #: What the report keeps of `prefero eval`'s report.json.
 EVAL_KEYS = ("win_rate", "win_rate_ci", "lc_win_rate", "mean_length", "baseline_mean_length", "repetition_rate",
+             "baseline_repetition_rate", "distinct_n", "baseline_distinct_n", "degenerate", "baseline_degenerate",
              "n_prompts", "likelihood_ranking_accuracy", "reward_accuracy", "spearman_avg_logp_length")
 
 
@@ -98,14 +100,28 @@ def evaluate_against_sft(name: str, output_dir: str | Path, *, model: str | None
     if base_prompts != prompts_:
         raise ValueError(f"{policy_file} and {sft_answers} answer different prompts")
     mine, theirs = task_accuracy(prompts_, policy), task_accuracy(prompts_, baseline)
+    lax_mine, lax_theirs = (task_accuracy(prompts_, a, repetition=False) for a in (policy, baseline))
     out.update({
         "answers": str(policy_file), "wins": report["judgments"]["wins"], "ties": report["judgments"]["ties"],
         "losses": report["judgments"]["losses"],
         "task_accuracy": mine.task_accuracy, "within_rules": mine.within_rules, "broken_rules": mine.broken,
         "baseline_task_accuracy": theirs.task_accuracy, "baseline_within_rules": theirs.within_rules,
         "mean_words": mean_words(policy), "baseline_mean_words": mean_words(baseline),
+        "lax_win_rate": lax_win_rate(prompts_, policy, baseline), "lax_task_accuracy": lax_mine.task_accuracy,
+        "baseline_lax_task_accuracy": lax_theirs.task_accuracy,
     })
     return out
+
+
+def lax_win_rate(prompts: list, policy: list[str], baseline: list[str]) -> float:
+    """The win rate `lax_judge` (no repetition rule) would report: the mean over prompts
+    of 1 / ½ / 0 as the policy's answer scores above, equal to or below the baseline's."""
+    value = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+    total = 0.0
+    for p, a, b in zip(prompts, policy, baseline):
+        task = parse_prompt(p)
+        total += value[verdict_of_pair(score(task, a, repetition=False), score(task, b, repetition=False))]
+    return total / len(prompts)
 
 
 def mean_words(answers: list[str]) -> float:

@@ -1,12 +1,16 @@
 """The demo's report: report.json, report.md and the table printed at the end.
 
-report.json holds, at the top level, `methods: {dpo|simpo|sppo: {win_rate, win_rate_ci,
-lc_win_rate, task_accuracy, mean_length, ...}}` (sppo: its last iteration) and `sft:
-{task_accuracy, ...}`; then the SimPO findings measured at this scale (`simpo_findings`:
-lengths with and without length normalisation, likelihood-ranking accuracy of each
-method), every SPPO iteration, the hyperparameters with the reason for each, what fell
-short of the target (`shortfalls`, empty when every method met it), stage times, and a
-few held-out prompts answered by every model (`examples`).
+Every number is measured on one split of the prompts, named at the top (`split: {name,
+prompts}`: test, or validation when tuning). report.json holds, at the top level,
+`methods: {dpo|simpo|sppo: {win_rate, win_rate_ci, lc_win_rate, task_accuracy,
+repetition_rate, degenerate, mean_length, greedy: {...}, ...}}` (sppo: its last
+iteration; `greedy`: the same numbers for greedy answers against SFT's greedy answers)
+and `sft: {task_accuracy, ...}`; the ablations (`ablations`: SimPO on summed log-probs,
+and DPO trained by a judge blind to repetition — reward hacking — with what that judge
+says of it, `lax_win_rate`); the SimPO findings measured at this scale (`simpo_findings`);
+every SPPO iteration; the hyperparameters with the reason for each; what fell short of
+the target (`shortfalls`, empty when every method met it); stage times; and a few
+prompts answered by every model (`examples`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from prefero.pipeline_io import atomic_write_text
 #: The three methods the demo is about; `sppo` is the last self-play iteration.
 HEADLINE = ("dpo", "simpo", "sppo")
 N_EXAMPLES = 4
-NAMES = {"sft": "SFT", "dpo": "DPO", "simpo": "SimPO", "simpo_summed": "SimPO (summed)", "sppo": "SPPO"}
+NAMES = {"sft": "SFT", "dpo": "DPO", "simpo": "SimPO", "simpo_summed": "SimPO (summed)", "sppo": "SPPO",
+         "dpo_lax": "DPO, lax judge"}
+#: Methods trained for an ablation, reported below the main rows.
+ABLATIONS = ("simpo_summed", "dpo_lax")
 
 
 def display_name(key: str) -> str:
@@ -32,20 +39,26 @@ def display_name(key: str) -> str:
     return NAMES.get(key, key)
 
 
-def _method_entry(result: dict, target: float, sft_accuracy: float) -> dict:
+def _method_entry(result: dict, cfg: DemoConfig, sft_accuracy: float) -> dict:
     e = result["eval"]
     entry = {
         "win_rate": e["win_rate"], "win_rate_ci": e["win_rate_ci"], "lc_win_rate": e["lc_win_rate"],
         "task_accuracy": e["task_accuracy"], "mean_length": e["mean_length"], "mean_words": e["mean_words"],
         "within_rules": e["within_rules"], "broken_rules": e["broken_rules"],
         "wins": e["wins"], "ties": e["ties"], "losses": e["losses"], "n_prompts": e["n_prompts"],
-        "repetition_rate": e["repetition_rate"],
+        "repetition_rate": e["repetition_rate"], "distinct_n": e["distinct_n"], "degenerate": e["degenerate"],
+        "lax_win_rate": e["lax_win_rate"], "lax_task_accuracy": e["lax_task_accuracy"],
         "likelihood_ranking_accuracy": e.get("likelihood_ranking_accuracy"),
         "heldout_reward_accuracy": e.get("reward_accuracy"),
         "train_loss": result["train_loss"], "steps": result["steps"], "settings": result["settings"],
         "model": result["model"], "reference": result["reference"], "report": e["report"], "answers": e["answers"],
     }
-    entry["meets_target"] = bool(e["win_rate"] >= target and e["task_accuracy"] > sft_accuracy)
+    if result.get("greedy_eval"):
+        g = result["greedy_eval"]
+        entry["greedy"] = {k: g[k] for k in ("win_rate", "win_rate_ci", "task_accuracy", "within_rules",
+                                             "repetition_rate", "degenerate", "mean_words", "answers", "report")}
+    entry["meets_target"] = bool(e["win_rate"] >= cfg.win_rate_target and e["win_rate_ci"][0] > cfg.ci_lower_target
+                                 and e["task_accuracy"] > sft_accuracy)
     return entry
 
 
@@ -61,10 +74,12 @@ def _why(cfg: DemoConfig) -> dict:
 
 def build_report(cfg: DemoConfig, results: dict, seconds: dict, total_seconds: float) -> dict:
     methods = results["methods"]
+    split = results["split"]
     # every comparison holds SFT's numbers on the same answers as its baseline side
-    sft_side = next(iter(methods.values()))["eval"]
+    first = next(iter(methods.values()))
+    sft_side, sft_greedy = first["eval"], first.get("greedy_eval")
     sft_accuracy = sft_side["baseline_task_accuracy"]
-    entries = {k: _method_entry(v, cfg.win_rate_target, sft_accuracy) for k, v in methods.items()}
+    entries = {k: _method_entry(v, cfg, sft_accuracy) for k, v in methods.items()}
     final = results["final_sppo"]
     headline = {"dpo": entries["dpo"], "simpo": entries["simpo"], "sppo": {**entries[final], "iteration": final}}
     shortfalls = []
@@ -72,36 +87,53 @@ def build_report(cfg: DemoConfig, results: dict, seconds: dict, total_seconds: f
         if e["win_rate"] < cfg.win_rate_target:
             shortfalls.append(f"{display_name(key)}: win rate {e['win_rate']:.3f} is below the target "
                               f"{cfg.win_rate_target:.2f}")
+        if e["win_rate_ci"][0] <= cfg.ci_lower_target:
+            shortfalls.append(f"{display_name(key)}: the win rate's interval starts at {e['win_rate_ci'][0]:.3f}, "
+                              f"not above {cfg.ci_lower_target:.2f}")
         if e["task_accuracy"] <= sft_accuracy:
             shortfalls.append(f"{display_name(key)}: task accuracy {e['task_accuracy']:.3f} did not rise above "
                               f"SFT's {sft_accuracy:.3f}")
     sft_lr = results["sft_eval"].get("likelihood_ranking_accuracy")
+    sft = {"task_accuracy": sft_accuracy, "within_rules": sft_side["baseline_within_rules"],
+           "mean_length": sft_side["baseline_mean_length"], "mean_words": sft_side["baseline_mean_words"],
+           "repetition_rate": sft_side["baseline_repetition_rate"], "distinct_n": sft_side["baseline_distinct_n"],
+           "degenerate": sft_side["baseline_degenerate"], "lax_task_accuracy": sft_side["baseline_lax_task_accuracy"],
+           "likelihood_ranking_accuracy": sft_lr, "model": results["models"]["sft"],
+           "answers": results["sft_answers"]["answers"]}
+    if sft_greedy:
+        sft["greedy"] = {"task_accuracy": sft_greedy["baseline_task_accuracy"],
+                         "within_rules": sft_greedy["baseline_within_rules"],
+                         "repetition_rate": sft_greedy["baseline_repetition_rate"],
+                         "degenerate": sft_greedy["baseline_degenerate"],
+                         "mean_words": sft_greedy["baseline_mean_words"],
+                         "answers": results["sft_greedy_answers"]["answers"]}
     report = {
+        "split": split,
         "methods": headline,
-        "sft": {"task_accuracy": sft_accuracy, "within_rules": sft_side["baseline_within_rules"],
-                "mean_length": sft_side["baseline_mean_length"], "mean_words": sft_side["baseline_mean_words"],
-                "likelihood_ranking_accuracy": sft_lr, "model": results["models"]["sft"],
-                "answers": results["sft_answers"]["answers"]},
+        "sft": sft,
         "win_rate_target": cfg.win_rate_target,
+        "ci_lower_target": cfg.ci_lower_target,
         "passed": not shortfalls,
         "shortfalls": shortfalls,
         "sppo_iterations": [{"iteration": int(k.split("_")[1]), **e} for k, e in entries.items()
                             if k.startswith("sppo_")],
         "simpo_findings": _simpo_findings(entries, sft_lr),
-        "task": {"description": "Write N words about TOPIC: exactly N words from the topic's list, single spaces, "
-                                "one period", "demonstration_accuracy": DEMO_ACCURACY,
-                 "judge": "prefero.demo.task:judge (0 if an answer breaks the rules, else 1/(1+|words-N|))",
-                 "heldout_prompts": sft_side["n_prompts"]},
+        "task": {"description": "Write N words about TOPIC: exactly N words from the topic's list, no word twice, "
+                                "single spaces, one period", "demonstration_accuracy": DEMO_ACCURACY,
+                 "judge": "prefero.demo.task:judge (0 if an answer breaks a rule, else 1/(1+|words-N|))",
+                 "lax_judge": "prefero.demo.task:lax_judge (the same without the no-repeat rule; the ablation's)",
+                 "split": split["name"], "prompts": split["prompts"]},
         "model": {"parameters": results.get("base", {}).get("parameters")},
         "hyperparameters": _why(cfg),
-        "data": {"pairs": results["labels"],
+        "data": {"pairs": results["labels"], "lax_pairs": results.get("lax_labels"),
                  "sppo_rows": {k: {"kept": m.get("training_rows"), "dropped": m.get("dropped")}
                                for k, m in methods.items() if k.startswith("sppo_")}},
         "timing": {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "total_seconds": round(total_seconds, 1)},
         "config": dataclasses.asdict(cfg),
     }
-    if "simpo_summed" in entries:
-        report["ablations"] = {"simpo_summed": entries["simpo_summed"]}
+    ablations = {k: entries[k] for k in ABLATIONS if k in entries}
+    if ablations:
+        report["ablations"] = ablations
     return report
 
 
@@ -165,45 +197,65 @@ def _ci(ci) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _greedy(e: dict, key: str, fmt) -> str:
+    g = e.get("greedy")
+    return fmt(g[key]) if g else "-"
+
+
 def table_rows(report: dict) -> list[list[str]]:
-    """The comparison as rows of cells: SFT, the three methods, then the ablation and the
-    earlier SPPO iterations."""
+    """The comparison as rows of cells: SFT, the three methods, the earlier SPPO
+    iterations, then the ablations."""
     sft = report["sft"]
-    rows = [["SFT (baseline)", "-", "-", _pct(sft["task_accuracy"]), _pct(sft["within_rules"]),
+    rows = [["SFT (baseline)", "-", "-", "-", f"{_pct(sft['task_accuracy'])} / {_greedy(sft, 'task_accuracy', _pct)}",
+             _pct(sft["within_rules"]), _pct(sft["repetition_rate"]), _pct(sft["degenerate"]),
              f"{sft['mean_words']:.2f}", _pct(sft["likelihood_ranking_accuracy"]), ""]]
     entries = [(k, e) for k, e in report["methods"].items()]
     entries += [(f"sppo_{it['iteration']}", it) for it in report["sppo_iterations"][:-1]]
-    entries += list(report.get("ablations", {}).items())
+    entries += [(k, e) for k, e in report.get("ablations", {}).items()]
     for key, e in entries:
         name = display_name(e.get("iteration", key)) if key == "sppo" else display_name(key)
+        if key in ABLATIONS:
+            name += " (ablation)"
         rows.append([name, f"{_pct(e['win_rate'])} {_ci(e['win_rate_ci'])}", _pct(e["lc_win_rate"]),
-                     _pct(e["task_accuracy"]), _pct(e["within_rules"]), f"{e['mean_words']:.2f}",
-                     _pct(e["likelihood_ranking_accuracy"]),
+                     _greedy(e, "win_rate", _pct),
+                     f"{_pct(e['task_accuracy'])} / {_greedy(e, 'task_accuracy', _pct)}",
+                     _pct(e["within_rules"]), _pct(e["repetition_rate"]), _pct(e["degenerate"]),
+                     f"{e['mean_words']:.2f}", _pct(e["likelihood_ranking_accuracy"]),
                      ("meets target" if e["meets_target"] else "SHORT of target") if key in report["methods"] else ""])
     return rows
 
 
-HEADER = ["model", "win rate vs SFT [95% CI]", "LC win rate", "task accuracy", "within rules", "mean words",
-          "likelihood ranking", ""]
+HEADER = ["model", "win rate vs SFT [95% CI]", "LC win rate", "greedy win rate", "task accuracy (sampled / greedy)",
+          "within rules", "repeats a word", "degenerate", "mean words", "likelihood ranking", ""]
 
 
 def render_markdown(report: dict) -> str:
+    split = report["split"]
     lines = ["# prefero demo: DPO, SimPO and SPPO against the SFT model", "",
+             f"**Every number below is measured on the {split['name']} split: {split['prompts']} prompts whose "
+             f"(topic, N) pairs no training prompt has** "
+             + ("(the report's own prompts; settings were tuned on the validation split)." if split["name"] == "test"
+                else "(the tuning split; the report's numbers are the test split's).") + "",
+             "",
              f"Task: {report['task']['description']}. The SFT model learned from demonstrations that are right "
              f"{report['task']['demonstration_accuracy']:.0%} of the time. Judge: {report['task']['judge']}. "
-             f"{report['task']['heldout_prompts']} held-out prompts, one sampled answer per model; each method's "
-             f"answer is judged against SFT's in both orders, a tie counts ½.", ""]
+             "One sampled answer per model and prompt, at the training temperature (the headline), and one greedy "
+             "answer (reported beside it, against SFT's greedy answer); each method's answer is judged against SFT's "
+             "in both orders, a tie counts ½.", ""]
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
-    lines += ["", "*within rules*: share of answers using only the topic's words in the task's format (the drift "
-                  "check); *likelihood ranking*: held-out pairs with A(chosen) > A(rejected).", ""]
+    lines += ["", "*within rules*: share of answers keeping every rule but the count (topic words, no word twice, "
+                  "format); *repeats a word*: share of answers with a word twice; *degenerate*: share of answers "
+                  "looping one word or a short n-gram (docs/evaluation.md); *likelihood ranking*: held-out pairs "
+                  "with A(chosen) > A(rejected). Sampled numbers unless marked greedy.", ""]
     if report["shortfalls"]:
         lines += ["## Short of the target", ""] + [f"- {s}" for s in report["shortfalls"]] + [""]
     else:
-        lines += [f"Every method's win rate against SFT is at least {report['win_rate_target']:.2f} and its task "
-                  "accuracy is above SFT's.", ""]
+        lines += [f"Every method's win rate against SFT is at least {report['win_rate_target']:.2f}, its interval "
+                  f"starts above {report['ci_lower_target']:.2f}, and its task accuracy is above SFT's.", ""]
+    lines += _hacking_md(report)
     lines += _findings_md(report["simpo_findings"])
-    lines += ["## Examples (the first held-out prompts, not picked)", ""]
+    lines += [f"## Examples (the first {split['name']} prompts, not picked)", ""]
     for k, ex in enumerate(report.get("examples", []), start=1):
         lines += [f"**{k}. {ex['prompt']}**", "", "| model | answer | judge | vs SFT |", "|---|---|---|---|"]
         for name, a in ex["answers"].items():
@@ -219,6 +271,30 @@ def render_markdown(report: dict) -> str:
     for block, fields in report["hyperparameters"].items():
         lines.append(f"- **{block}**: " + "; ".join(f"`{k}` = {v['value']} ({v['why']})" for k, v in fields.items()))
     return "\n".join(lines) + "\n"
+
+
+def _hacking_md(report: dict) -> list[str]:
+    """The reward-hacking ablation in words: what the lax judge says, what the rules say."""
+    e = report.get("ablations", {}).get("dpo_lax")
+    if not e:
+        return []
+    dpo, sft = report["methods"]["dpo"], report["sft"]
+    return ["## Reward hacking, on purpose (the lax-judge ablation)", "",
+            f"DPO trained on pairs labelled by a judge that checks the count, the vocabulary and the format but not "
+            f"repetition. By that judge it beats SFT {_pct(e['lax_win_rate'])} of the time, with "
+            f"{_pct(e['lax_task_accuracy'])} of its answers \"correct\" (SFT: {_pct(sft['lax_task_accuracy'])}). "
+            f"By the full rules its win rate is {_pct(e['win_rate'])} {_ci(e['win_rate_ci'])} and its task accuracy "
+            f"{_pct(e['task_accuracy'])}; {_pct(e['repetition_rate'])} of its answers repeat a word and "
+            f"{_pct(e['degenerate'])} are degenerate (DPO with the full judge: {_pct(dpo['repetition_rate'])} and "
+            f"{_pct(dpo['degenerate'])}; SFT: {_pct(sft['repetition_rate'])} and {_pct(sft['degenerate'])}"
+            + (f"; greedy, the lax-judge model's answers repeat a word {_pct(e['greedy']['repetition_rate'])} of "
+               f"the time, {_pct(e['greedy']['degenerate'])} degenerate" if e.get("greedy") else "")
+            + f"). The lax judge rates it {100 * (e['lax_win_rate'] - e['win_rate']):+.1f} points above what the full "
+            f"rules give it, and its share of answers repeating a word is "
+            f"{100 * (e['repetition_rate'] - dpo['repetition_rate']):+.1f} points against DPO's with the full judge: "
+            "how much of the hole it found. (A policy learns the rules "
+            "its judge checks, holes included; how far it exploits one here depends on how hard it is pushed: "
+            "`prefero demo --help`, hacking_ablation.)", ""]
 
 
 def _findings_md(f: dict) -> list[str]:
@@ -262,9 +338,10 @@ def _how_md(report: dict) -> list[str]:
              f"{_counts(pairs['dropped'])}). SPPO's first iteration trained on the same judged answers "
              "(`prefero selfplay`, in sppo/), each later iteration on fresh answers of the previous one: "
              + "; ".join(f"{display_name(k)} {v['kept']} rows" for k, v in d["sppo_rows"].items()) + ".",
-             f"- Each model answered the {report['task']['heldout_prompts']} held-out prompts once, sampled as in "
-             "training, with the same seed for every model (answers differ only where the models do); "
-             "`prefero eval` judged each against SFT's answer in both orders (eval/NAME/report.md).",
+             f"- Each model answered the {report['split']['prompts']} {report['split']['name']} prompts once sampled, "
+             "as in training, with the same seed for every model (answers differ only where the models do), and "
+             "once greedily; `prefero eval` judged each against SFT's answer in both orders (eval/NAME/report.md, "
+             "eval/NAME_greedy/report.md).",
              f"- Time: {t['total_seconds']:.0f} s in all; "
              + ", ".join(f"{k} {v:.0f} s" for k, v in t["seconds"].items()) + "."]
     return lines + [""]
@@ -278,7 +355,8 @@ def print_summary(report: dict, out: Path) -> None:
     """The table, two examples side by side, what fell short, and where the report is."""
     rows = [HEADER] + table_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    print()
+    split = report["split"]
+    print(f"\nOn the {split['name']} split ({split['prompts']} prompts, (topic, N) pairs training never saw):")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     for ex in report.get("examples", [])[:2]:
@@ -292,7 +370,8 @@ def print_summary(report: dict, out: Path) -> None:
         for s in report["shortfalls"]:
             print(f"  - {s}")
     else:
-        print(f"Every method beats SFT (win rate >= {report['win_rate_target']:.2f}) and raises task accuracy.")
+        print(f"Every method beats SFT (win rate >= {report['win_rate_target']:.2f}, interval above "
+              f"{report['ci_lower_target']:.2f}) and raises task accuracy.")
     print(f"\nreport: {out / 'report.md'}  ({out / 'report.json'})")
     print("models (HF format): " + ", ".join(
         f"{display_name(k)} {m['model']}" for k, m in [("sft", report["sft"]), *report["methods"].items()]))

@@ -10,10 +10,12 @@ config it builds (`prefero.train.train`, `run_generate`, `run_judge`, `run_label
       sppo/                    `prefero selfplay`: iter_N/ {prompts, generated, judged, pairs}.jsonl
                                and model/ (SPPO's models); iteration 1's judged samples of the
                                SFT model are also DPO's and SimPO's data
-      data/                    pairs.jsonl, the held-out pairs, the prompts, SFT's held-out answers
-      dpo/ simpo/ simpo_summed/   the other aligned models (HF format)
-      eval/NAME/               `prefero eval` of each model against SFT's answers: its answers,
-                               judgments, report.json, report.md, comparisons.jsonl, plots/
+      data/                    pairs.jsonl (and lax_pairs.jsonl: the hacking ablation's), the
+                               held-out pairs, the evaluation prompts, SFT's answers to them
+      dpo/ simpo/ simpo_summed/ dpo_lax/   the other aligned models (HF format)
+      eval/NAME/ eval/NAME_greedy/   `prefero eval` of each model against SFT's answers, sampled
+                               and greedy: its answers, judgments, report.json, report.md,
+                               comparisons.jsonl, plots/
       logs/STAGE.log           what each stage printed
       report.json report.md    the comparison
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from prefero.config import ConfigError, load_config
 from prefero.demo import asset
 from prefero.demo.config import QUICK_EVAL_PROMPTS, DemoConfig
-from prefero.demo.task import JUDGE_FUNCTION
+from prefero.demo.task import EVAL_PROMPT_FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION
 from prefero.outputs import check_output_dir, claim_output_dir, owner
 from prefero.pipeline_io import atomic_write_json
 
@@ -193,7 +195,8 @@ class Pipeline:
         results: dict = {"methods": {}, "models": {"sft": str(self.out / "sft")}}
         results["base"] = s.run("base", "build a tiny Llama and the task's tokenizer", self.build_base)
         results["sft"] = s.run("sft", f"SFT from scratch ({cfg.sft.max_steps} steps)", self.train_sft)
-        s.run("heldout_pairs", "held-out pairs: SFT samples of held-out prompts, judged", self.heldout_pairs)
+        split = cfg.split
+        s.run("heldout_pairs", f"held-out pairs: SFT samples of {split} prompts, judged", self.heldout_pairs)
         # SPPO's first iteration samples the SFT model and judges the samples; DPO and SimPO
         # train on best-vs-worst pairs of those same judged samples
         results["methods"]["sppo_1"] = s.run(
@@ -210,6 +213,12 @@ class Pipeline:
             results["methods"]["simpo_summed"] = s.run(
                 "simpo_summed", "SimPO on summed log-probs (the ablation)",
                 lambda: self.train_pair_loss("simpo_summed", "simpo", cfg.simpo, pairs, normalize=False))
+        if cfg.hacking_ablation:
+            results["lax_labels"] = s.run("lax_pairs", "pairs by a judge blind to repetition (the ablation)",
+                                          self.label_lax_pairs)
+            results["methods"]["dpo_lax"] = s.run(
+                "dpo_lax", "DPO on those pairs (reward hacking, the ablation)",
+                lambda: self.train_pair_loss("dpo_lax", "dpo", cfg.dpo, str(self.data / "lax_pairs.jsonl")))
         for t in range(2, cfg.sppo.iterations + 1):
             results["methods"][f"sppo_{t}"] = s.run(
                 f"sppo_{t}", f"SPPO {t}: sample SPPO {t - 1}, judge, train", lambda t=t: self.sppo(t))
@@ -217,13 +226,21 @@ class Pipeline:
         for name, method in results["methods"].items():
             results["models"][name] = method["model"]
         prompts = self.eval_prompts()
-        results["sft_answers"] = s.run("answer_sft", f"SFT: answer the {self.n_eval_prompts()} held-out prompts",
+        results["split"] = {"name": split, "prompts": self.n_eval_prompts()}
+        results["sft_answers"] = s.run("answer_sft", f"SFT: answer the {self.n_eval_prompts()} {split} prompts",
                                        self.answer_sft)
-        results["sft_eval"] = s.run("eval_sft", "SFT: likelihood ranking on the held-out pairs",
+        results["sft_eval"] = s.run("eval_sft", f"SFT: likelihood ranking on the {split} pairs",
                                     lambda: self.evaluate("sft", None, prompts))
         for name, method in results["methods"].items():
             method["eval"] = s.run(f"eval_{name}", f"{_label(name)} vs SFT: answer, judge both orders",
                                    lambda name=name, method=method: self.evaluate(name, method, prompts))
+        if cfg.greedy:
+            results["sft_greedy_answers"] = s.run("answer_sft_greedy", "SFT: greedy answers",
+                                                  lambda: self.answer_sft(greedy=True))
+            for name, method in results["methods"].items():
+                method["greedy_eval"] = s.run(
+                    f"eval_{name}_greedy", f"{_label(name)} vs SFT, greedy",
+                    lambda name=name, method=method: self.evaluate(name, method, prompts, greedy=True))
         return results
 
     # ---------------------------------------------------------------- inputs
@@ -239,19 +256,20 @@ class Pipeline:
         return len(_read_prompt_texts(self.eval_prompts()))
 
     def eval_prompts(self) -> str:
-        """The held-out prompts (the first QUICK_EVAL_PROMPTS of them in the reduced demo)."""
-        rows = _read_prompt_texts(asset("demo_task_eval_prompts.jsonl"))
+        """The evaluation split's prompts, test or validation (the first QUICK_EVAL_PROMPTS
+        of them in the reduced demo)."""
+        rows = _read_prompt_texts(asset(EVAL_PROMPT_FILES[self.cfg.split]))
         path = self.data / "eval_prompts.jsonl"
         _write_prompts(path, rows[:QUICK_EVAL_PROMPTS] if self.cfg.quick else rows)
         return str(path)
 
-    def generation(self):
-        """How every model answers the held-out prompts: sampled as in training (the policy
+    def generation(self, greedy: bool = False):
+        """How every model answers the evaluation prompts: sampled as in training (the policy
         as it is, not its mode), with the same seed for every model, so two models' answers
-        differ only where the models do."""
+        differ only where the models do; or greedy (the mode, reported beside)."""
         from prefero.evaluate.config import EvalGenerationConfig
 
-        return EvalGenerationConfig(temperature=self.cfg.temperature, max_new_tokens=MAX_NEW_TOKENS,
+        return EvalGenerationConfig(temperature=0.0 if greedy else self.cfg.temperature, max_new_tokens=MAX_NEW_TOKENS,
                                     seed=self.cfg.seed + 100, batch_size=64, dtype="float32")
 
     # ---------------------------------------------------------------- stages
@@ -295,6 +313,18 @@ class Pipeline:
                                      f"judge.function={JUDGE_FUNCTION}", "batch_size=64", "overwrite=true"],
                               cls=JudgeRunConfig))
         return self.label(self.data / "heldout_judged.jsonl", self.data / "heldout_pairs.jsonl")
+
+    def label_lax_pairs(self) -> dict:
+        """SPPO iteration 1's samples of the SFT model (DPO's data) judged again by
+        `lax_judge`, which does not check repetition, and labelled best vs worst."""
+        from prefero.judges.config import JudgeRunConfig
+        from prefero.judges.run import run_judge
+
+        run_judge(load_config(None, [f"input={self.out / 'sppo' / 'iter_1' / 'generated.jsonl'}",
+                                     f"output={self.data}/lax_judged.jsonl", "judge.type=callable",
+                                     f"judge.function={LAX_JUDGE_FUNCTION}", "batch_size=64", "overwrite=true"],
+                              cls=JudgeRunConfig))
+        return self.label(self.data / "lax_judged.jsonl", self.data / "lax_pairs.jsonl")
 
     def label(self, judged: Path, output: Path) -> dict:
         from prefero.label import LabelConfig, run_label
@@ -349,25 +379,30 @@ class Pipeline:
                 "reference": str(self.out / "sft") if loss == "dpo" else None,
                 "train_loss": history["train_last"].get("loss")}
 
-    def answer_sft(self) -> dict:
+    def answer_sft(self, greedy: bool = False) -> dict:
         """SFT's answers, made with exactly the generation settings `prefero eval` gives each
         method's model (`generation()`), once for every comparison."""
         import dataclasses
 
         from prefero.generate import GenerateConfig, run_generate
 
-        run_generate(GenerateConfig(model=str(self.out / "sft"), prompts=self.eval_prompts(),
-                                    output=str(self.data / "answers_sft.jsonl"), num_completions=1, overwrite=True,
-                                    **dataclasses.asdict(self.generation())))
-        return {"answers": str(self.data / "answers_sft.jsonl")}
+        path = self.data / ("answers_sft_greedy.jsonl" if greedy else "answers_sft.jsonl")
+        run_generate(GenerateConfig(model=str(self.out / "sft"), prompts=self.eval_prompts(), output=str(path),
+                                    num_completions=1, overwrite=True,
+                                    **dataclasses.asdict(self.generation(greedy))))
+        return {"answers": str(path)}
 
-    def evaluate(self, name: str, method: dict | None, prompts: str) -> dict:
+    def evaluate(self, name: str, method: dict | None, prompts: str, greedy: bool = False) -> dict:
+        """`prefero eval` of a method's model against SFT (sampled: with the held-out pairs'
+        metrics; greedy: the win rate and the task's numbers only)."""
         from prefero.demo.evaluate import evaluate_against_sft
 
+        sft_answers = self.data / ("answers_sft_greedy.jsonl" if greedy else "answers_sft.jsonl")
         return evaluate_against_sft(
-            name, self.out / "eval" / name, model=method["model"] if method else str(self.out / "sft"),
-            sft_answers=self.data / "answers_sft.jsonl", prompts=prompts, generation=self.generation(),
-            pairs=self.data / "heldout_pairs.jsonl", method=method)
+            name, self.out / "eval" / (f"{name}_greedy" if greedy else name),
+            model=method["model"] if method else str(self.out / "sft"), sft_answers=sft_answers, prompts=prompts,
+            generation=self.generation(greedy), pairs=None if greedy else self.data / "heldout_pairs.jsonl",
+            method=method)
 
 
 def _label(name: str) -> str:

@@ -1,25 +1,36 @@
 """The demo's synthetic task: "Write N words about TOPIC." — verifiable, and free in length.
 
-A prompt names a topic and a word count N (3 to 10). A correct answer is exactly N
-words from that topic's list of twelve, lowercase, separated by single spaces, ending
-with one period:
+A prompt names a topic and a word count N (3 to 10). The task's rules, all of which the
+demonstrations follow and `check` verifies on the whole answer:
+
+1. the answer is not empty;
+2. format: lowercase words separated by single spaces, ending with one period (a leading
+   space is allowed: the answer continues the prompt);
+3. every word is on the topic's list of twelve;
+4. no word comes twice;
+5. exactly N words.
 
     prompt:  "Write 4 words about the sea."
     answer:  " wave salt shell tide."
 
-Everything about an answer can be checked, so the judge is a verifier, not a model
-(`judge`, used as `judge: {type: callable, function: "prefero.demo.task:judge"}`). It
-checks the whole answer, not only the count: a judge that checks only the property being
-taught is gamed — under weak settings a policy keeps the count and drifts into words no
-demonstration ever used, and a count-only judge would call that a win. So the verdict
-has three levels (`check`): breaks the task's rules (a word off the topic's list, bad
-format), follows the rules with the wrong count, or correct.
+An answer that breaks one of rules 1–4 breaks the task's rules; one that keeps them with
+the wrong count is a near or far miss. The judge is a verifier, not a model (`judge`,
+used as `judge: {type: callable, function: "prefero.demo.task:judge"}`), and it checks
+every rule, not only the count: a judge that checks less is gamed. The demo shows this on
+purpose with `lax_judge`, which checks the count and the vocabulary but not repetition:
+a policy trained on it learns to write " tide tide tide tide." (the reward-hacking
+ablation).
 
-The SFT demonstrations always follow the rules but have the right count only
+The SFT demonstrations always follow rules 1–4 but have the right count only
 `DEMO_ACCURACY` of the time (the others are one or two words off), so a model trained on
 them is right only part of the time, and preference optimisation has something to fix.
 Length is free to vary (3 to 10 words, and wrong answers run over or under), which is
 what the SimPO length-normalisation ablation needs.
+
+Prompts are split three ways, disjoint in (topic, N) (`split_prompts`): training
+prompts (SFT and preference data), validation prompts (for tuning the demo's settings)
+and test prompts (what the report's numbers are measured on). A test prompt asks for a
+count of a topic no training prompt paired them in.
 
 The shipped files (prefero/assets/demo_task_*.jsonl) are `build_task_files()`'s output;
 a test checks they are identical, so the data cannot drift from this code.
@@ -62,6 +73,22 @@ TOPICS: dict[str, tuple[str, ...]] = {
                "airport", "station"),
     "the river": ("bank", "stream", "current", "canoe", "delta", "otter", "pebble", "ripple", "trout", "willow",
                   "mud", "ferry"),
+    "the zoo": ("lion", "tiger", "zebra", "monkey", "panda", "giraffe", "cage", "keeper", "parrot", "penguin",
+                "hippo", "seal"),
+    "the office": ("laptop", "printer", "meeting", "email", "stapler", "folder", "manager", "memo", "phone", "chair",
+                   "report", "coffee"),
+    "the hospital": ("doctor", "nurse", "patient", "bed", "bandage", "pill", "clinic", "surgeon", "ward", "syringe",
+                     "ambulance", "scan"),
+    "the castle": ("king", "queen", "knight", "moat", "throne", "crown", "sword", "shield", "dragon", "banner",
+                   "gate", "armor"),
+    "the library": ("shelf", "novel", "reader", "quiet", "librarian", "catalog", "atlas", "poem", "page", "author",
+                    "story", "archive"),
+    "the mountain": ("peak", "summit", "cliff", "slope", "glacier", "valley", "ridge", "boulder", "climber", "cave",
+                     "eagle", "altitude"),
+    "the circus": ("clown", "juggler", "tent", "acrobat", "ring", "trapeze", "elephant", "magician", "popcorn",
+                   "ringmaster", "unicycle", "cannon"),
+    "the computer": ("keyboard", "mouse", "screen", "code", "chip", "cable", "disk", "pixel", "server", "router",
+                     "monitor", "byte"),
 }
 TEMPLATES = ("Write {n} words about {topic}.", "Give {n} words about {topic}.", "List {n} words for {topic}.",
              "Name {n} words for {topic}.", "Say {n} words about {topic}.")
@@ -69,14 +96,18 @@ COUNTS = range(3, 11)
 #: How often a demonstration has the right count; the wrong ones are 1 or 2 words off.
 DEMO_ACCURACY = 0.45
 _DEMO_ERRORS = (-2, -1, 1, 2)
-#: Held-out prompts: this share of the (topic, count, template) combinations.
-_HELD_OUT = 0.4
+#: How each topic's eight counts are split (see `split_prompts`): 4 training, 1 validation, 3 test,
+#: alternating, so a held-out count lies between two trained ones (3, 5, 7, 9 trained; 4, 6, 8, 10 not).
+_SPLIT_PATTERN = ("train", "test", "train", "validation", "train", "test", "train", "test")
+SPLITS = ("train", "validation", "test")
 _TASK_SEED = 11
 
 _PROMPT = re.compile(r"^(?:Write|Give|List|Name|Say) (\d+) words (?:about|for) (.+)\.$")
 
 #: The demo's judge, as a `judge: {type: callable}` block names it.
 JUDGE_FUNCTION = "prefero.demo.task:judge"
+#: The judge with a hole in it (no repetition rule), for the reward-hacking ablation.
+LAX_JUDGE_FUNCTION = "prefero.demo.task:lax_judge"
 # Verdicts of `check`, worst to best.
 BREAKS_RULES, WRONG_COUNT, CORRECT = "breaks_rules", "wrong_count", "correct"
 
@@ -116,13 +147,16 @@ class Verdict:
         return self.level != BREAKS_RULES
 
 
-def check(task: Task, answer: str) -> Verdict:
-    """The whole answer against the task's rules, then its count.
+def check(task: Task, answer: str, *, repetition: bool = True) -> Verdict:
+    """The whole answer against the task's rules (the module docstring's 1–4), then its count.
 
-    Rules: after stripping surrounding whitespace, the answer is words separated by
-    single spaces followed by one period, and every word is on the topic's list. (Leading
-    whitespace is allowed: an answer continues the prompt after a space. A word may come
-    twice: the demonstrations never repeat one, but nothing in the task forbids it.)
+    1. not empty (after stripping surrounding whitespace);
+    2. words separated by single spaces, one period, at the end (a leading space is
+       allowed; case is checked by rule 3: the lists are lowercase);
+    3. every word on the topic's list;
+    4. no word twice (`repetition=False` skips this rule: `lax_judge`'s hole);
+    then the count: CORRECT with exactly N words, else WRONG_COUNT.
+    The first rule broken is the reason given.
     """
     text = answer.strip()
     words = text.rstrip(".").split()
@@ -136,24 +170,43 @@ def check(task: Task, answer: str) -> Verdict:
     off = [w for w in words if w not in allowed]
     if off:
         return Verdict(BREAKS_RULES, len(words), f"off-topic word {off[0]!r}")
+    if repetition:
+        seen: set = set()
+        for w in words:
+            if w in seen:
+                return Verdict(BREAKS_RULES, len(words), f"repeated word {w!r}")
+            seen.add(w)
     return Verdict(CORRECT if len(words) == task.count else WRONG_COUNT, len(words))
 
 
-def score(task: Task, answer: str) -> float:
+def score(task: Task, answer: str, *, repetition: bool = True) -> float:
     """The judge's score: 0 for an answer that breaks the rules, else 1 / (1 + |words − N|)
     — 1 when correct, ½ one word off, ⅓ two off. Any answer within the rules beats any
     answer that breaks them, and a nearer miss beats a farther one, so best-vs-worst pairs
-    and SPPO's P̂ both learn the count without learning to leave the topic."""
-    v = check(task, answer)
+    and SPPO's P̂ both learn the count without learning to leave the rules."""
+    v = check(task, answer, repetition=repetition)
     return 0.0 if v.level == BREAKS_RULES else 1.0 / (1 + abs(v.words - task.count))
 
 
 def judge(prompt, completions: Sequence[str]) -> list[float]:
     """The demo's judge (`judge: {type: callable, function: "prefero.demo.task:judge"}`):
-    `score` of each completion. A prompt that is not the task's is an error (the callable
-    judge reports it with the row), never a guessed score."""
+    `score` of each completion under every rule. A prompt that is not the task's is an
+    error (the callable judge reports it with the row), never a guessed score."""
     task = parse_prompt(prompt)
-    return [score(task, c if isinstance(c, str) else c[-1]["content"]) for c in completions]
+    return [score(task, _text(c)) for c in completions]
+
+
+def lax_judge(prompt, completions: Sequence[str]) -> list[float]:
+    """A judge with a hole, for the reward-hacking ablation: `score` without rule 4, so it
+    checks the format, the vocabulary and the count, and " tide tide tide tide." is a
+    correct answer to "Write 4 words about the sea." Never the demo's judge of record:
+    the ablation's model is trained on it and evaluated by `judge`."""
+    task = parse_prompt(prompt)
+    return [score(task, _text(c), repetition=False) for c in completions]
+
+
+def _text(completion) -> str:
+    return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
 def verdict_of_pair(score_a: float, score_b: float) -> str:
@@ -171,13 +224,14 @@ class TaskStats:
     broken: dict  # reason -> count, for answers that break the rules
 
 
-def task_accuracy(prompts: Sequence, answers: Sequence[str]) -> TaskStats:
-    """How many `answers` are correct and how many keep to the rules (see `check`)."""
+def task_accuracy(prompts: Sequence, answers: Sequence[str], *, repetition: bool = True) -> TaskStats:
+    """How many `answers` are correct and how many keep to the rules (see `check`;
+    `repetition=False`: as `lax_judge` sees them)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
     if not answers:
         raise ValueError("task accuracy of zero answers")
-    verdicts = [check(parse_prompt(p), a) for p, a in zip(prompts, answers)]
+    verdicts = [check(parse_prompt(p), a, repetition=repetition) for p, a in zip(prompts, answers)]
     broken: dict = {}
     for v in verdicts:
         if v.reason:
@@ -196,20 +250,42 @@ def all_prompts() -> list[tuple[str, Task]]:
     return [(t.format(n=n, topic=topic), Task(topic, n)) for topic in TOPICS for n in COUNTS for t in TEMPLATES]
 
 
-def split_prompts(seed: int = _TASK_SEED) -> tuple[list, list]:
-    """(training prompts, held-out prompts): a seeded shuffle of every combination cut at
-    `_HELD_OUT`. Held-out prompts are new combinations of known topics, counts and phrasings."""
-    prompts = all_prompts()
-    random.Random(seed).shuffle(prompts)
-    cut = round(len(prompts) * _HELD_OUT)
-    return prompts[cut:], prompts[:cut]
+def split_prompts(seed: int = _TASK_SEED) -> dict[str, list]:
+    """{"train", "validation", "test"}: lists of (prompt text, task), disjoint in (topic, N).
+
+    Each topic's eight counts are dealt 4 / 1 / 3 to the three splits by `_SPLIT_PATTERN`,
+    alternating, so each held-out count of a topic lies between (or next to) counts
+    training saw it with; the pattern is shifted by one count per topic (in a seeded topic
+    order), so every split holds every topic and every count equally often, but never a
+    (topic, N) pair another split holds: a test prompt asks for a count of a topic that
+    training only saw with other counts. All five phrasings of a pair go to its split.
+    Each split is in a seeded order.
+    """
+    rng = random.Random(seed)
+    topics = list(TOPICS)
+    rng.shuffle(topics)
+    counts = list(COUNTS)
+    role = {(topic, n): _SPLIT_PATTERN[(j + i) % len(counts)]
+            for i, topic in enumerate(topics) for j, n in enumerate(counts)}
+    out: dict[str, list] = {name: [] for name in SPLITS}
+    for text, task in all_prompts():
+        out[role[(task.topic, task.count)]].append((text, task))
+    for name in SPLITS:
+        rng.shuffle(out[name])
+    return out
 
 
 def demonstration(task: Task, rng: random.Random) -> str:
-    """One SFT answer: on-topic distinct words, the right count with probability
-    `DEMO_ACCURACY`, else one or two words too many or too few."""
+    """One SFT answer: distinct words of the topic, in the order of the topic's list, the
+    right count with probability `DEMO_ACCURACY`, else one or two words too many or too few.
+
+    The order is a convention the rules do not ask for (any order is correct). It is
+    what lets a 1M-parameter model learn rule 4 from a few thousand demonstrations: a
+    word is always followed by a later word of the list, so a word never follows itself
+    or comes back."""
     n = task.count if rng.random() < DEMO_ACCURACY else task.count + rng.choice(_DEMO_ERRORS)
-    return " " + " ".join(rng.sample(task.words, n)) + "."
+    picked = sorted(rng.sample(range(len(task.words)), n))
+    return " " + " ".join(task.words[i] for i in picked) + "."
 
 
 def demonstrations(train: list, per_prompt: int, seed: int = _TASK_SEED) -> list[dict]:
@@ -221,17 +297,20 @@ def demonstrations(train: list, per_prompt: int, seed: int = _TASK_SEED) -> list
 
 #: The shipped files, by name, and what builds them.
 DEMOS_PER_PROMPT = 8
-FILES = ("demo_task_sft.jsonl", "demo_task_prompts.jsonl", "demo_task_eval_prompts.jsonl")
+FILES = ("demo_task_sft.jsonl", "demo_task_prompts.jsonl", "demo_task_validation_prompts.jsonl",
+         "demo_task_test_prompts.jsonl")
+#: The prompt file of each evaluation split.
+EVAL_PROMPT_FILES = {"validation": "demo_task_validation_prompts.jsonl", "test": "demo_task_test_prompts.jsonl"}
 
 
 def task_files() -> dict[str, list[dict]]:
-    """The rows of the three shipped files: SFT demonstrations, the prompts sampled for
-    preference data, and the held-out prompts evaluation uses."""
-    train, held_out = split_prompts()
+    """The rows of the shipped files: SFT demonstrations and the prompts sampled for
+    preference data (both of the training split), and the validation and test prompts."""
+    split = split_prompts()
     return {
-        "demo_task_sft.jsonl": demonstrations(train, DEMOS_PER_PROMPT),
-        "demo_task_prompts.jsonl": [{"prompt": text} for text, _ in train],
-        "demo_task_eval_prompts.jsonl": [{"prompt": text} for text, _ in held_out],
+        "demo_task_sft.jsonl": demonstrations(split["train"], DEMOS_PER_PROMPT),
+        "demo_task_prompts.jsonl": [{"prompt": text} for text, _ in split["train"]],
+        **{EVAL_PROMPT_FILES[name]: [{"prompt": text} for text, _ in split[name]] for name in EVAL_PROMPT_FILES},
     }
 
 

@@ -85,7 +85,7 @@ class EvalConfig:
     seed: int = _f(0, "seed of the bootstrap", ge=0)
     lc_prior_scale: float = _f(5.0, "length-control fit: std of the Gaussian prior on the length and difficulty coefficients", gt=0)
     lc_resamples: int = _f(0, "bootstrap resamples for an LC win-rate interval (0 = none; each one refits)", ge=0)
-    ngram: int = _f(3, "n of the n-gram repetition rate", ge=1)
+    ngram: int = _f(3, "n of distinct-n, the mean share of distinct n-grams per answer (see docs/evaluation.md)", ge=1)
     tokenizer: str | None = _f(None, "tokenizer for token lengths (default: `model`'s; none with outputs only = characters only)")
     n_examples: int = _f(4, "judged examples shown in report.md", ge=0)
     # output

@@ -294,3 +294,106 @@ def _sigmoid(z):
     from scipy.special import expit
 
     return expit(z)
+
+
+# --------------------------------------------------------------------------- repetition within a response
+#
+# A judge that can be gamed by saying the same thing again (a verifier that does not check
+# for repeats, a reward model that likes a keyword) is gamed that way first. These numbers
+# look at each response alone, so they can sit beside every win rate: a win rate that rose
+# while the repetition rate or the degenerate share rose with it is suspect.
+
+
+def response_words(text: str) -> list[str]:
+    """The words of a response as the repetition measures compare them: split on
+    whitespace, lowercased, with punctuation stripped from both ends ("Tide." and "tide"
+    are one word); a chunk that is only punctuation ("!!!") is kept as it is."""
+    words = []
+    for chunk in text.split():
+        word = chunk.strip(_PUNCTUATION).lower()
+        words.append(word or chunk)
+    return words
+
+
+_PUNCTUATION = "\"'.,;:!?()[]{}<>«»“”‘’`*_-–—…"
+
+
+def repeats_a_word(words: Sequence) -> bool:
+    """Whether any word (or token) occurs twice in the sequence."""
+    return len(set(words)) < len(words)
+
+
+def distinct_ratio(words: Sequence, n: int = 1) -> float | None:
+    """distinct-n of one response: distinct n-grams / n-gram occurrences (T − n + 1 of
+    them with T words). 1 when no n-gram occurs twice; 1/(T − n + 1) for one n-gram
+    written over and over. None with fewer than n words (no n-gram at all).
+
+    "a b a b a b": n=1 → 2 distinct of 6 = 1/3; n=2 → ab, ba of 5 = 0.4; n=3 → 2 of 4 = 0.5.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    count = len(words) - n + 1
+    if count < 1:
+        return None
+    return len({tuple(words[i:i + n]) for i in range(count)}) / count
+
+
+def loops(seq: Sequence, *, max_unit: int = 4, min_copies: int = 3) -> bool:
+    """Whether `seq` (words or tokens) is degenerate: some unit of 1 to `max_unit` items
+    written at least `min_copies` times back to back, the looping stretch covering at
+    least half of `seq`.
+
+    "tide tide tide tide" loops (one word, 4 copies, all of it); "a b a b a b c" loops
+    ("a b" 3 times, 6 of 7 items); "a b c a b c" does not (2 copies); "x y z w v a a a"
+    does not (3 copies of "a" but 3 of 8 items). A stretch with period u is measured by
+    comparing each item with the one u before it: k matches in a row are a stretch of
+    k + u items holding (k + u) // u whole copies.
+    """
+    t = len(seq)
+    for u in range(1, max_unit + 1):
+        run = 0
+        for i in range(u, t):
+            run = run + 1 if seq[i] == seq[i - u] else 0
+            stretch = run + u
+            if run and stretch // u >= min_copies and 2 * stretch >= t:
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class RepetitionStats:
+    """Repetition within each response, over a set of responses.
+
+    `repetition_rate`: share of responses in which some word occurs twice (blank ones
+    count as not repeating); `distinct_1` / `distinct_n`: mean of `distinct_ratio` with
+    n = 1 / n = `ngram` over the responses that have at least 1 / `ngram` words
+    (`too_short` counts those left out of distinct_n); `degenerate`: share of responses
+    whose words — or, given a tokenizer, tokens — `loops` finds looping.
+    """
+
+    n: int
+    repetition_rate: float
+    distinct_1: float | None
+    distinct_n: float | None
+    ngram: int
+    too_short: int
+    degenerate: float
+
+
+def repetition_stats(texts: Sequence[str], *, ngram: int = 3, tokenizer=None) -> RepetitionStats:
+    """`RepetitionStats` of `texts` (words: `response_words`; tokens, when `tokenizer`
+    — anything with `encode(text, add_special_tokens=False)` — is given, for `degenerate`)."""
+    if not texts:
+        raise ValueError("repetition statistics of zero responses")
+    words = [response_words(t) for t in texts]
+    d1 = [r for r in (distinct_ratio(w, 1) for w in words) if r is not None]
+    dn = [r for r in (distinct_ratio(w, ngram) for w in words) if r is not None]
+    looped = 0
+    for text, w in zip(texts, words):
+        if loops(w) or (tokenizer is not None and loops(tokenizer.encode(text, add_special_tokens=False))):
+            looped += 1
+    n = len(texts)
+    return RepetitionStats(
+        n=n, repetition_rate=sum(repeats_a_word(w) for w in words) / n,
+        distinct_1=sum(d1) / len(d1) if d1 else None, distinct_n=sum(dn) / len(dn) if dn else None,
+        ngram=ngram, too_short=n - len(dn), degenerate=looped / n)

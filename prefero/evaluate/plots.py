@@ -140,10 +140,44 @@ def plot_lengths(policy_lengths: Sequence[float], baseline_lengths: Sequence[flo
     return _save(fig, path)
 
 
+#: The repetition panel's bars: (GenerationStats field, label).
+REPETITION_BARS = [("repetition_rate", "repeat a word"), ("degenerate", "degenerate (looped)"),
+                   ("distinct_1", "distinct-1")]
+
+
+def plot_repetition(sides: dict, path: str | os.PathLike) -> Path:
+    """Grouped bars, one group per measure (`REPETITION_BARS`: the share of responses that
+    repeat a word, the degenerate share, distinct-1), one bar per side ({name: generation
+    statistics as a dict}, e.g. policy and baseline), each bar labelled with its value.
+    A measure a side lacks (None) is left out of that side."""
+    if not sides:
+        raise ValueError("no repetition statistics to plot")
+    fig = _figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(sides)
+    for k, (name, stats) in enumerate(sides.items()):
+        xs, ys = [], []
+        for i, (key, _) in enumerate(REPETITION_BARS):
+            if stats.get(key) is not None:
+                xs.append(i - 0.4 + width * (k + 0.5))
+                ys.append(100 * stats[key])
+        bars = ax.bar(xs, ys, width=width, label=name, color=f"C{k}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(REPETITION_BARS)), [label for _, label in REPETITION_BARS])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% of responses (distinct-1: mean %)")
+    ax.set_title("repetition within a response")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_win_rates(entries: Sequence[dict], path: str | os.PathLike) -> Path:
     """Win rate with its interval (and the length-controlled win rate when given) for
     one or several policies — methods or iterations — on one chart. Each entry:
-    {"label", "win_rate", "ci": [lo, hi], "lc_win_rate" (optional)}; rates in [0, 1]."""
+    {"label", "win_rate", "ci": [lo, hi], "lc_win_rate" (optional), "degenerate"
+    (optional: the policy's share of degenerate responses, drawn as a red ×, so a win
+    rate bought with looped answers shows)}; rates in [0, 1]."""
     if not entries:
         raise ValueError("no win rates to plot")
     fig = _figure(figsize=(max(4.0, 1.2 * len(entries) + 2), 4.0))
@@ -156,6 +190,10 @@ def plot_win_rates(entries: Sequence[dict], path: str | os.PathLike) -> Path:
     ax.errorbar([i - shift for i in x], wr, yerr=err, fmt="o", capsize=5, label="win rate (bootstrap interval)")
     if lc:
         ax.plot([i + shift for i, _ in lc], [v for _, v in lc], "D", color="tab:orange", label="length-controlled")
+    degenerate = [(i, 100 * e["degenerate"]) for i, e in zip(x, entries) if e.get("degenerate") is not None]
+    if degenerate:
+        ax.plot([i for i, _ in degenerate], [v for _, v in degenerate], "x", color="tab:red", markersize=8,
+                label="degenerate responses (%)")
     ax.axhline(50, color="gray", linestyle=":", linewidth=1)
     ax.set_xticks(x, [str(e["label"]) for e in entries], rotation=20 if len(entries) > 4 else 0)
     ax.set_ylim(0, 100)
@@ -186,7 +224,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
 
     - `training_curves.png` from RUN_DIR/metrics.jsonl, and
       `training_curves_<sub>.png` for each sub-directory run (iterations, stages);
-    - `lengths.png` from an evaluation's comparisons.jsonl;
+    - `lengths.png` from an evaluation's comparisons.jsonl, and `repetition.png` from its
+      report.json's generation statistics (both sides);
     - `win_rates.png`: every report.json under RUN_DIR (itself and sub-directories, in
       natural order: iter_2 before iter_10) with its interval, on one chart.
 
@@ -208,6 +247,11 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         rows = _read_comparisons(comparisons)
         written.append(plot_lengths([r["policy_chars"] for r in rows], [r["baseline_chars"] for r in rows],
                                     out / "lengths.png"))
+    report = root / "report.json"
+    if report.exists():
+        generation = _read_json(report).get("generation")
+        if isinstance(generation, dict) and generation:
+            written.append(plot_repetition(generation, out / "repetition.png"))
     entries = collect_win_rates(root)
     if entries:
         written.append(plot_win_rates(entries, out / "win_rates.png"))
@@ -228,7 +272,8 @@ def collect_win_rates(root: str | os.PathLike) -> list[dict]:
         if "win_rate" in data:
             rel = report.parent.relative_to(root)
             entries.append({"label": root.name if rel == Path(".") else str(rel), "win_rate": data["win_rate"],
-                            "ci": data["win_rate_ci"], "lc_win_rate": data.get("lc_win_rate")})
+                            "ci": data["win_rate_ci"], "lc_win_rate": data.get("lc_win_rate"),
+                            "degenerate": data.get("degenerate")})
     return entries
 
 

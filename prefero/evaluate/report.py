@@ -7,12 +7,14 @@ then `os.replace`, so a kill leaves the previous file or the new one, never half
 
 - `report.json`   headline numbers at the top level (`win_rate`, `win_rate_ci`,
                   `lc_win_rate`, `mean_length`, `baseline_mean_length`, `repetition_rate`,
-                  `baseline_repetition_rate`, and the pair metrics when pairs were given),
+                  `distinct_n`, `degenerate` and their `baseline_` twins, and the pair
+                  metrics when pairs were given),
                   the details (counts, fitted length model, settings) in nested blocks;
 - `report.md`     a table of the same and a few judged examples to read;
 - `comparisons.jsonl`  one row per prompt, every prompt: both responses, both orders'
                   preferences, the lengths — the data behind every number above;
-- `plots/*.png`   length distributions and the win rate with its interval.
+- `plots/*.png`   length distributions, repetition and degenerate shares of both
+                  sides, and the win rate with its interval.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
-from prefero.pipeline_io import atomic_write_text
+from prefero.pipeline_io import atomic_write_text, scrub_credentials
 from prefero.evaluate.generation import GenerationStats, generation_stats
 from prefero.evaluate.metrics import (
     LengthControlled,
@@ -135,6 +137,10 @@ def report_dict(result: EvalResult | None = None, pairs: PairMetrics | None = No
             "baseline_mean_tokens": result.baseline.mean_tokens,
             "repetition_rate": result.policy.repetition_rate,
             "baseline_repetition_rate": result.baseline.repetition_rate,
+            "distinct_n": result.policy.distinct_n,
+            "baseline_distinct_n": result.baseline.distinct_n,
+            "degenerate": result.policy.degenerate,
+            "baseline_degenerate": result.baseline.degenerate,
             "n_prompts": win.n,
             "judgments": {"wins": win.wins, "ties": win.ties, "losses": win.losses,
                           "position_bias": win.position_bias},
@@ -178,21 +184,24 @@ def write_report(output_dir: str | os.PathLike, result: EvalResult | None = None
     if (out / REPORT_JSON).exists() and not overwrite:
         raise ConfigError(f"{out / REPORT_JSON} exists; pass overwrite=true to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    report = report_dict(result, pairs, meta)
+    report = scrub_credentials(report_dict(result, pairs, meta))  # no password of a judge URL in a report
     written: dict[str, Path] = {}
     if result is not None:
         written["comparisons"] = out / COMPARISONS
         atomic_write_text(written["comparisons"],
                       "".join(json.dumps(_finite(r), ensure_ascii=False) + "\n" for r in result.rows))
         if plots:
-            from prefero.evaluate.plots import plot_lengths, plot_win_rates
+            from prefero.evaluate.plots import plot_lengths, plot_repetition, plot_win_rates
 
             written["lengths_plot"] = plot_lengths(
                 [r["policy_chars"] for r in result.rows], [r["baseline_chars"] for r in result.rows],
                 out / "plots" / "lengths.png")
+            written["repetition_plot"] = plot_repetition(
+                {"policy": asdict(result.policy), "baseline": asdict(result.baseline)}, out / "plots" / "repetition.png")
             written["win_rates_plot"] = plot_win_rates(
                 [{"label": (meta or {}).get("name", "policy"), "win_rate": result.win.win_rate,
-                  "ci": result.win.ci, "lc_win_rate": result.lc.lc_win_rate}],
+                  "ci": result.win.ci, "lc_win_rate": result.lc.lc_win_rate,
+                  "degenerate": result.policy.degenerate}],
                 out / "plots" / "win_rates.png")
     written["markdown"] = out / REPORT_MD
     atomic_write_text(written["markdown"], render_markdown(report, result, n_examples=n_examples,
@@ -258,8 +267,13 @@ def _generation_table(report: dict) -> list[str]:
     if pol["mean_tokens"] is not None:
         lines.append(_row("mean length (tokens)", _num(pol["mean_tokens"]), _num(base["mean_tokens"])))
     return lines + [
-        _row(f"{n}-gram repetition rate", _pct(pol["repetition_rate"]), _pct(base["repetition_rate"])),
-        _row(f"responses under {n} words (not in the repetition rate)", pol["too_short"], base["too_short"]),
+        _row("repetition rate (responses that repeat a word)", _pct(pol["repetition_rate"]),
+             _pct(base["repetition_rate"])),
+        _row("distinct-1 (distinct words / words)", _num(pol["distinct_1"], 3), _num(base["distinct_1"], 3)),
+        _row(f"distinct-{n} (distinct {n}-grams / {n}-grams)", _num(pol["distinct_n"], 3),
+             _num(base["distinct_n"], 3)),
+        _row("degenerate (one word, token or n-gram looped)", _pct(pol["degenerate"]), _pct(base["degenerate"])),
+        _row(f"responses under {n} words (not in distinct-{n})", pol["too_short"], base["too_short"]),
         _row("empty responses", pol["empty"], base["empty"]),
     ]
 
