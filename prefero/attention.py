@@ -199,13 +199,22 @@ def check_untested_family(model, pad_id: int = 0) -> str | None:
                                             [c for _, cs in groups for c in cs], pad_id=pad_id)
     finally:
         lm.train(was_training)
+    err = refuse_if_inexact(packed, plain, lm, "log-probs")
+    return f"{model_type} is outside the tested families; packed == plain checked at load ({err:.0e})"
+
+
+def refuse_if_inexact(packed: Tensor, plain: Tensor, model, what: str) -> float:
+    """The relative error of `packed` against `plain` for an untested family's load-time
+    check; a `ConfigError` when it passes the tolerance of the model's dtype (see
+    `check_untested_family`)."""
     err = ((packed - plain).abs().max() / plain.abs().max().clamp(min=1e-12)).item()
-    tolerance = 1e-4 if next(lm.parameters()).dtype == torch.float32 else 3e-2
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
     if not err <= tolerance:
-        raise ConfigError(f"model: {model_type} is not in prefero's tested families, and its packed log-probs differ "
+        model_type = getattr(model.config, "model_type", "?")
+        raise ConfigError(f"model: {model_type} is not in prefero's tested families, and its packed {what} differ "
                           f"from its plain forward by {err:.1e} (relative) on a check at load; it is refused rather "
                           "than trained on wrong numbers (docs/models.md)")
-    return f"{model_type} is outside the tested families; packed == plain checked at load ({err:.0e})"
+    return err
 
 
 def completion_hidden(model, batch) -> Tensor:

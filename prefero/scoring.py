@@ -70,10 +70,10 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
 def _check_untested_family(model: nn.Module, tokenizer) -> None:
     """The reward-model side of `prefero.attention.check_untested_family`: packed scores of
     a family outside the tested matrix must equal transformers' padded forward."""
+    from prefero.attention import refuse_if_inexact
     from prefero.tiny import TINY_FAMILIES
 
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type in TINY_FAMILIES:
+    if getattr(model.config, "model_type", "?") in TINY_FAMILIES:
         return
     g = torch.Generator().manual_seed(0)
     ids = lambda n: torch.randint(3, len(tokenizer), (n,), generator=g).tolist()  # noqa: E731
@@ -85,11 +85,7 @@ def _check_untested_family(model: nn.Module, tokenizer) -> None:
         plain = padded_scores(model, [prompt + c for c in completions], model.config.pad_token_id)
     finally:
         model.train(was_training)
-    err = ((packed - plain).abs().max() / plain.abs().max().clamp(min=1e-12)).item()
-    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
-    if not err <= tolerance:
-        raise ConfigError(f"model: {model_type} is not in prefero's tested families, and its packed scores differ "
-                          f"from its plain forward by {err:.1e} (relative) on a check at load; it is refused")
+    refuse_if_inexact(packed, plain, model, "scores")
 
 
 def _check_sequence_classifier(name: str, trust_remote_code: bool, key: str) -> None:
