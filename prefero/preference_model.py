@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefero.batching import pack_groups
 from prefero.config import ConfigError, _f
 from prefero.data import load_pairs
 from prefero.loop import data_options
 from prefero.reward_model import HeadConfig, RewardTrainer
-from prefero.scoring import PAIRWISE_MODEL_FILE, pairwise_group, pairwise_logits, score_index
+from prefero.scoring import PAIRWISE_MODEL_FILE, pairwise_group, pairwise_logits
 
 
 @dataclass
@@ -71,10 +70,7 @@ class PreferenceModelTrainer(RewardTrainer):
 
     def _forward(self, data: ComparisonData, idx: list[int], scope: list[int] | None = None) -> dict:
         groups = [data.groups[i] for i in idx]
-        batch = pack_groups(groups).to(self.device)
-        index = torch.tensor(score_index(groups, self.pad_id), device=self.device)
-        with self.autocast():
-            d = pairwise_logits(self.engine(batch, index))
+        d = pairwise_logits(self.group_scores(groups))
         loss = -F.logsigmoid(d)
         return {"loss_tensor": loss, "loss": loss.detach(), "d": d.detach(),
                 "tokens": sum(len(p) + len(c) for p, cs in groups for c in cs)}

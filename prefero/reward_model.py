@@ -165,14 +165,18 @@ class RewardTrainer(Loop):
     def _forward(self, data: PairData, idx: list[int], scope: list[int] | None = None) -> dict:
         """Per-pair loss, r_w and r_l for pairs `idx`."""
         groups = [data.groups[i] for i in idx]
-        batch = pack_groups(groups).to(self.device)
-        index = torch.tensor(score_index(groups, self.pad_id), device=self.device)
-        with self.autocast():
-            scores = self.engine(batch, index)
+        scores = self.group_scores(groups)
         chosen, rejected = scores[0::2], scores[1::2]
         loss = bradley_terry(chosen, rejected, data.margins[idx].to(self.device), self.cfg.center_weight)
         return {"loss_tensor": loss, "loss": loss.detach(), "chosen": chosen.detach(), "rejected": rejected.detach(),
                 "tokens": sum(len(p) + len(c) for p, cs in groups for c in cs)}
+
+    def group_scores(self, groups: list) -> Tensor:
+        """The head's score of every completion of `groups`, one prefix-shared packed forward."""
+        batch = pack_groups(groups).to(self.device)
+        index = torch.tensor(score_index(groups, self.pad_id), device=self.device)
+        with self.autocast():
+            return self.engine(batch, index)
 
     def _summarize(self, rows: list[dict], gather=lambda t: t) -> dict:
         return pair_metrics(*(gather(torch.cat([r[k] for r in rows])) for k in ("loss", "chosen", "rejected")))
