@@ -16,28 +16,9 @@ Model loading is excluded from both. Printed: rows/s of each and the ratio; best
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
-
-
-def build(directory: Path, hidden: int, layers: int, pairwise: bool) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from prefero.scoring import PAIRWISE_MODEL_FILE
-    from prefero.tiny import build_tiny_tokenizer, tiny_config
-
-    tok = build_tiny_tokenizer()
-    config = tiny_config("llama", len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, hidden)
-    config.num_hidden_layers, config.num_labels = layers, 1
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    if pairwise:
-        (directory / PAIRWISE_MODEL_FILE).write_text(json.dumps({"max_length": 1024, "max_prompt_length": 512}))
-    return directory
 
 
 def items(n: int, k: int):
@@ -87,12 +68,14 @@ def main() -> None:
     from prefero.judges.pairwise_model import PairwiseModelJudge
     from prefero.judges.reward_model import RewardModelJudge
     from prefero.scoring import pairwise_group
+    from prefero.tiny import save_tiny_scorer
 
     work = items(args.rows, args.k)
     results = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for kind, judge_class in (("reward_model", RewardModelJudge), ("pairwise_model", PairwiseModelJudge)):
-            d = build(Path(tmp) / kind, args.hidden, args.layers, kind == "pairwise_model")
+            d = save_tiny_scorer(Path(tmp) / kind, kind == "pairwise_model", hidden_size=args.hidden,
+                                 layers=args.layers)
             judge = judge_class(JudgeConfig(type=kind, model=str(d)).validate())
             judge.batch_size = args.batch
             tokens = [judge.tokenize(it) for it in work]

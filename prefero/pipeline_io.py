@@ -50,6 +50,7 @@ import os
 import re
 import statistics
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,25 +358,23 @@ class StageOutput:
                 f.flush()
                 os.fsync(f.fileno())  # a batch reported done is on disk, not in a page cache
 
-    def finish(self, total: int, poll_seconds: float = 0.5, indices: list[int] | None = None) -> dict:
+    def finish(self, total: int, poll_seconds: float = 0.5, indices: list[int] | None = None,
+               counts: dict | None = None) -> dict:
         """All processes call this when their work is done; process 0 writes OUTPUT.
 
-        Rows 0..total-1 (or, given, exactly `indices`, written in that order) must all be present (otherwise nothing is written and the
-        partial files stay, to resume from). A duplicated index keeps its first row and
-        is counted. Returns {"rows", "duplicates", "resumed"} (on process 0; {} elsewhere).
-
-        Process 0 waits for the others' "done" marker files rather than at a collective
-        barrier: processes may finish hours apart (a resumed run gives some of them
-        little left to do), longer than a collective's timeout.
+        Rows 0..total-1 (or, given, exactly `indices`, written in that order) must all be
+        present (otherwise nothing is written and the partial files stay, to resume from). A
+        duplicated index keeps its first row and is counted. `counts`: this process's tallies
+        of the run (a judge's truncations...), summed over the processes. Returns {"rows",
+        "duplicates", "resumed", "counts"} on process 0; {} elsewhere.
         """
         if self.rank != 0:
-            atomic_write_text(self._marker(self.rank), "done\n")
+            self.done_here(counts)
             return {}
+        counts = self.wait_for_others(poll_seconds, counts)
         if self.complete:
-            return {"rows": total, "duplicates": 0, "resumed": self.resumed}
-        for rank in range(1, self.world_size):
-            while not self._marker(rank).exists():
-                time.sleep(poll_seconds)
+            self._remove_markers()
+            return {"rows": total, "duplicates": 0, "resumed": self.resumed, "counts": counts}
         # Collect (index -> where its row is) and copy rows in index order, so a large
         # output never has to be held in memory at once.
         where: dict[int, tuple[Path, int, int]] = {}
@@ -422,11 +421,36 @@ class StageOutput:
         _fsync_dir(self.output.parent)
         for path in partial_paths(self.output):
             path.unlink()
-        for rank in range(1, self.world_size):
-            self._marker(rank).unlink(missing_ok=True)
+        self._remove_markers()
         if self.report is None:
             self.close()
-        return {"rows": total, "duplicates": duplicates, "resumed": self.resumed}
+        return {"rows": total, "duplicates": duplicates, "resumed": self.resumed, "counts": counts}
+
+    def _remove_markers(self) -> None:
+        for rank in range(1, self.world_size):
+            self._marker(rank).unlink(missing_ok=True)
+
+    def done_here(self, counts: dict | None = None) -> None:
+        """Process N > 0: all its rows are appended (its marker, holding its `counts`)."""
+        atomic_write_text(self._marker(self.rank), json.dumps(dict(counts or {}), sort_keys=True) + "\n")
+
+    def wait_for_others(self, poll_seconds: float = 0.5, counts: dict | None = None) -> dict:
+        """Process 0: wait until every other process has appended all its rows, and return
+        `counts` summed with theirs. It waits for their marker files rather than at a
+        collective barrier: processes may finish hours apart (a resumed run gives some of
+        them little left to do), longer than a collective's timeout."""
+        total = Counter({k: v for k, v in (counts or {}).items() if isinstance(v, (int, float))})
+        for rank in range(1, self.world_size):
+            marker = self._marker(rank)
+            while not marker.exists():
+                time.sleep(poll_seconds)
+            try:
+                theirs = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                theirs = {}  # a marker of an older version: "done" only
+            if isinstance(theirs, dict):
+                total.update({k: v for k, v in theirs.items() if isinstance(v, (int, float))})
+        return dict(sorted(total.items()))
 
     def close(self) -> None:
         """End this run's hold on OUTPUT (call it in a `finally`): once OUTPUT and its report

@@ -161,6 +161,29 @@ def save_tiny_model(directory: str | Path, arch: str = "llama", seed: int = 0, m
     return directory
 
 
+def save_tiny_scorer(directory: str | Path, pairwise: bool = False, seed: int = 0, hidden_size: int = 64,
+                     layers: int = 2) -> Path:
+    """A tiny Llama with a random scalar head (a sequence classifier) and the tokenizer, in
+    HF format: a reward model to judge with, or with `pairwise` a pairwise preference model
+    (the settings file `prefero pm` writes beside it). Its scores are noise; the plumbing is real."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from prefero.scoring import PAIRWISE_MODEL_FILE
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config("llama", len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                         tokenizer.pad_token_id, hidden_size)
+    config.num_hidden_layers, config.num_labels = layers, 1
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if pairwise:
+        (directory / PAIRWISE_MODEL_FILE).write_text(json.dumps({"max_length": 1024, "max_prompt_length": 512}))
+    return directory
+
+
 # ---------------------------------------------------------------------------
 # The demo's preference data: a small, learnable task. Each prompt asks about a
 # topic; the chosen answer is helpful and on-topic, the rejected one dismissive.

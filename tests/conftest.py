@@ -35,3 +35,14 @@ def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (a module opts in with `pytestmark`): tiny models gain
+    nothing from more, spinning threads slow them on a shared 2-core machine, and the tests
+    that compare against launched processes (OMP_NUM_THREADS=1) compute as they do."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,17 +2,16 @@
 FSDP checkpoints resume. Same global batch: 2 × 4 pairs == 1 × 8 pairs."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import launching
 import pytest
 import torch
 
 from prefero.demo import asset
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 FSDP = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
         "--fsdp_reshard_after_forward", "true"]
 KEYS = ["loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/chosen"]
@@ -25,12 +24,7 @@ def train_args(model_dir, out, batch_size, *extra):
 
 
 def launch(launcher_args, args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [ACCELERATE, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29517", *launcher_args, "-m", "prefero", "train", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return launching.launch("train", args, launcher_args)
 
 
 def curve(out):

@@ -31,16 +31,10 @@ from prefero.config import ConfigError, load_config
 from prefero.data.errors import DataError
 from prefero.evaluate import compare
 from prefero.evaluate.config import EvalConfig
-from prefero.evaluate.run import (
-    implicit_rewards,
-    match_responses,
-    order_preferences,
-    prompt_key,
-    read_outputs,
-    responses_path,
-    run_eval,
-    score_preference,
-)
+from prefero.evaluate.heldout import implicit_rewards
+from prefero.evaluate.judging import order_preferences, score_preference
+from prefero.evaluate.responses import match_responses, prompt_key, read_outputs, responses_path
+from prefero.evaluate.run import run_eval
 from prefero.judges import Item
 from prefero.judges.config import JudgeConfig
 from prefero.pipeline_io import read_prompts
@@ -213,6 +207,26 @@ def test_reward_model_judge_is_one_order_through_the_sigmoid(tmp_path):
     assert got == [(1 / (1 + math.exp(-1.5)), None, [[2.0, 0.5]]), (1 / (1 + math.exp(2.0)), None, [[-1.0, 1.0]])]
     cfg.pointwise_preference = "verdict"
     assert [g[0] for g in order_preferences(ScoresOf({"p": 2.0, "b": 0.5, "q": -1.0, "c": 1.0}), cfg, items)] == [1, 0]
+
+
+def test_pairwise_model_judge_is_its_own_probability_in_one_order(tmp_path):
+    """A pairwise model is antisymmetric: P(policy ≻ baseline) is its answer as is (not σ of a
+    difference of win rates), and there is no second order to ask."""
+    from prefero.data.formats import Where
+    from prefero.tiny import save_tiny_scorer
+
+    model = save_tiny_scorer(tmp_path / "pm", pairwise=True)
+    cfg = EvalConfig(outputs="a.jsonl", baseline_outputs="b.jsonl",
+                     judge=JudgeConfig(type="pairwise_model", model=str(model)).validate())
+    assert cfg.pointwise_rule() is None
+    from prefero.judges import build_judge
+
+    judge = build_judge(cfg.judge)
+    items = [Item("Describe the sea.", ["The sea is wide.", "No."], Where("f", 1)),
+             Item("Explain a storm.", ["Rain.", "A storm is wind and rain."], Where("f", 2))]
+    got = order_preferences(judge, cfg, items)
+    want = judge.compare([(it, 0, 1) for it in items])
+    assert [g[0] for g in got] == want and all(g[1] is None and g[2] is None for g in got)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ unstopped run emitted it. Bad input -> one line naming file, row and field, or t
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import torch
 from openai_server import FakeOpenAIServer
 
 from jsonl_files import write_jsonl
+from launching import ONE_THREAD_ENV, launch
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError
 from prefero.openai_client import OpenAIError
@@ -31,7 +31,6 @@ from prefero.generate.transformers_backend import TransformersSampler, completio
 from prefero.pipeline_io import StageOutput, partial_paths, read_jsonl_rows, read_prompts
 from prefero.tiny import demo_records
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 KEY = "sk-generate-test-5a4b3c2d1e"
 
 
@@ -43,17 +42,9 @@ def prompt_rows(n):
     return rows
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
-    spinning threads make them slower; subprocesses get OMP_NUM_THREADS=1 likewise."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +116,8 @@ def test_two_processes_give_the_one_process_file(reference, tiny_model_dir, prom
     out = tmp_path / "two.jsonl"
     args = [f"model={tiny_model_dir}", f"prompts={prompts_file}", f"output={out}", "num_completions=3",
             "max_new_tokens=12", "batch_size=4", "seed=0"]
-    # --cpu would start one process; --multi_gpu runs torchrun, which gloo serves on CPU
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
-           "-m", "prefero", "generate", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ONE_THREAD_ENV)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = launch("generate", args)
+    assert r.stdout.startswith("prefero generate: 2 processes on cpu, 12 prompts (0 done before)")
     assert out.read_bytes() == ref.read_bytes()
     report = json.loads(Path(report_path(str(out))).read_text())
     assert report["processes"] == 2 and report["prompts_this_run"] == 12
@@ -465,7 +452,7 @@ def test_stage_output_torn_tail_duplicates_and_missing_rows(tmp_path):
     assert partial.exists()  # kept to resume from
     again.append([{"index": 1, "v": "b"}])
     summary = again.finish(3)
-    assert summary == {"rows": 3, "duplicates": 1, "resumed": 2}
+    assert summary == {"rows": 3, "duplicates": 1, "resumed": 2, "counts": {}}
     assert [r["v"] for r in rows_of(out)] == ["a", "b", "c"]  # index order, first row of a duplicate
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
@@ -487,7 +474,8 @@ def test_corrupt_line_before_the_end_is_an_error(tmp_path):
 
 
 def test_rows_of_every_process_are_merged(tmp_path):
-    """Process 1's partial file and done marker; process 0 merges both in index order."""
+    """Process 1's partial file and done marker; process 0 merges both in index order, and
+    sums the tallies each process hands in."""
     out = tmp_path / "m.jsonl"
     p0 = StageOutput(out, {"k": 1}, rank=0, world_size=2, barrier=lambda: None)
     p1 = StageOutput(out, {"k": 1}, rank=1, world_size=2, barrier=lambda: None)
@@ -495,8 +483,9 @@ def test_rows_of_every_process_are_merged(tmp_path):
     p0.append([{"index": 0}, {"index": 1}])
     p1.append([{"index": 3}, {"index": 2}])
     assert [p.name for p in partial_paths(out)] == ["m.partial.jsonl", "m.partial.r1.jsonl"]
-    assert p1.finish(4) == {}
-    assert p0.finish(4, poll_seconds=0.01)["rows"] == 4
+    assert p1.finish(4, counts={"truncated": 2, "empty": 1}) == {}
+    merged = p0.finish(4, poll_seconds=0.01, counts={"truncated": 3})
+    assert merged["rows"] == 4 and merged["counts"] == {"empty": 1, "truncated": 5}
     assert [r["index"] for r in rows_of(out)] == [0, 1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
 

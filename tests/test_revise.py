@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from openai_server import FakeOpenAIServer
 
 from jsonl_files import write_jsonl
@@ -40,13 +39,7 @@ ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 GIVEN = "The moon is a rock that circles the Earth."  # the one row that brings its own answer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-from prefero import model as model_mod
 from prefero.config import load_config
 from prefero.demo import asset
 from prefero.train import Trainer

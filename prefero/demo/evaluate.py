@@ -83,7 +83,8 @@ def evaluate_against_sft(name: str, output_dir: str | Path, *, model: str | None
                          method: dict | None = None) -> dict:
     """`prefero eval` of one model (see `eval_config`), and the task's numbers on its
     answers and on SFT's. Without `sft_answers` (the SFT model itself): pair metrics only."""
-    from prefero.evaluate.run import responses_path, run_eval
+    from prefero.evaluate.responses import responses_path
+    from prefero.evaluate.run import run_eval
 
     cfg = eval_config(output_dir, model=model, answers=answers, sft_answers=sft_answers, prompts=prompts,
                       generation=generation, pairs=pairs, method=method)

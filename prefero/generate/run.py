@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 
 from prefero.generate.config import GenerateConfig
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
 from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, read_prompts, scrub_credentials
+from prefero.processes import Processes, position_batches, stage_processes
 
 
 def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
@@ -32,31 +31,32 @@ def run_generate(cfg: GenerateConfig, sampler: Sampler | None = None) -> dict:
     """
     cfg.validate()
     prompts = read_prompts(cfg.prompts, cfg.prompt_column)
-    rank, world, barrier, device = _processes(cfg.backend)
-    out = StageOutput(cfg.output, cfg.settings(prompts_sha256(prompts)), cfg.overwrite, rank, world, barrier,
-                      report=report_path(cfg.output))
+    procs = stage_processes(needs_torch=cfg.backend != "openai")
+    out = StageOutput(cfg.output, cfg.settings(prompts_sha256(prompts)), cfg.overwrite, procs.rank, procs.world,
+                      procs.barrier, report=report_path(cfg.output))
     done = out.start()
+    procs.say(f"prefero generate: {procs.describe()}, {len(prompts)} prompts ({len(done)} done before), "
+              f"backend {cfg.backend}")
     try:
-        return _run(cfg, sampler, prompts, out, done, rank, world, device)
+        return _run(cfg, sampler, prompts, out, done, procs)
     finally:
         out.close()
 
 
 def _run(cfg: GenerateConfig, sampler: Sampler | None, prompts: list[Prompt], out: StageOutput, done: set[int],
-         rank: int, world: int, device) -> dict:
-    if done and rank == 0 and not out.complete:
-        print(f"prefero generate: resuming, {len(done)} of {len(prompts)} prompts already done in {out.partial}",
-              file=sys.stderr)
-    batches = [list(range(s, min(s + cfg.batch_size, len(prompts)))) for s in range(0, len(prompts), cfg.batch_size)]
-    mine = [b for b in range(rank, len(batches), world) if any(i not in done for i in batches[b])]
+         procs: Processes) -> dict:
+    if done and not out.complete:
+        procs.say(f"prefero generate: resuming, {len(done)} of {len(prompts)} prompts already done in {out.partial}")
+    batches = position_batches(len(prompts), cfg.batch_size)
+    mine = [b for b in procs.mine(len(batches)) if any(i not in done for i in batches[b])]
 
     load_start = time.perf_counter()
     if sampler is None and mine:
-        sampler = make_sampler(cfg, device)
+        sampler = make_sampler(cfg, procs.device)
     if sampler is not None:
         sampler.check([prompts[i] for b in mine for i in batches[b]])  # bad prompts fail now, not hours in
     start = time.perf_counter()
-    for b in _progress(mine, rank, len(batches)):
+    for b in _progress(mine, procs.rank, len(batches)):
         samples = sampler.sample([prompts[i] for i in batches[b]], batches[b], b)
         # A batch cut short by a kill is regenerated whole (same seed, same rows) and only
         # its missing rows appended.
@@ -66,10 +66,10 @@ def _run(cfg: GenerateConfig, sampler: Sampler | None, prompts: list[Prompt], ou
     if sampler is not None:
         sampler.close()
     merged = out.finish(len(prompts))
-    if rank != 0:
+    if not procs.main:
         return {}
     report = _report(cfg, prompts, done, merged, seconds=time.perf_counter() - start,
-                     load_seconds=start - load_start, processes=world)
+                     load_seconds=start - load_start, processes=procs.world)
     if endpoints and len(endpoints) > 1:  # a fleet: which servers answered, which went down
         report["endpoints"] = endpoints
         report["endpoints_down"] = sum(e["down"] is not None for e in endpoints.values())
@@ -102,22 +102,6 @@ def _row(index: int, sample: Sample, cfg: GenerateConfig) -> dict:
                            f"expected {cfg.num_completions}")
     return {"index": index, "prompt": sample.prompt, "completions": sample.completions,
             "finish_reasons": sample.finish_reasons, "tokens": sample.tokens}
-
-
-def _processes(backend: str):
-    """(rank, world size, barrier, device) of this process. Several processes only under a
-    launcher (WORLD_SIZE > 1); then accelerate sets up the process group (gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
-
-        state = PartialState(cpu=not torch.cuda.is_available())
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    if backend == "openai":
-        return 0, 1, None, None  # no torch needed
-    import torch
-
-    return 0, 1, None, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _progress(batches: list[int], rank: int, total: int):

@@ -180,9 +180,10 @@ def build_judge(cfg) -> Judge:
 
         return RewardModelJudge(cfg)
     if cfg.type == "pairwise_model":
+        from prefero.judges.pairrm import PairRMJudge, is_pairrm
         from prefero.judges.pairwise_model import PairwiseModelJudge
 
-        return PairwiseModelJudge(cfg)
+        return PairRMJudge(cfg) if is_pairrm(cfg.model) else PairwiseModelJudge(cfg)
     if cfg.type == "llm":
         from prefero.judges.llm import LLMJudge
 

@@ -43,7 +43,7 @@ class JudgeConfig:
 
     type: str | None = _f(None, "reward_model | pairwise_model | llm | openai | callable", choices=list(TYPES))
     model: str | None = _f(None, "reward_model: a sequence classifier (e.g. a `prefero rm` output); "
-                                 "pairwise_model: a `prefero pm` output; "
+                                 "pairwise_model: a `prefero pm` output or a PairRM checkpoint (llm-blender/PairRM-hf layout); "
                                  "llm: a causal LM; openai: the model name the server serves")
     trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
     dtype: str = _f("float32", "float32 | bfloat16 weights of a local judge model", choices=["float32", "bfloat16"])

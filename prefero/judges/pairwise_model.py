@@ -11,9 +11,9 @@ pair is asked once (`ordered`): the other order is 1 − P exactly.
 win probability against all K, P̂(y_i) = mean_j P[i][j] with P[i][i] = ½, so
 `label format=pairs` picks the completion that beats the others on average.
 
-Checkpoints in llm-blender's PairRM format are not read (its ranker is a DeBERTa
-cross-encoder with its own head and input format); prefero's judge reads `prefero pm`
-outputs only, and says so for any other directory.
+A PairRM checkpoint (llm-blender's ranker in its Hugging Face layout, a DeBERTa
+cross-encoder with its own head and input format) is read by prefero.judges.pairrm instead;
+any other directory without `prefero pm`'s settings file is refused, saying so.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from prefero.judges.config import JudgeRunConfig
 from prefero.pipeline_io import (
     StageOutput, atomic_write_json, finite_mean, finite_pstdev, partial_paths, read_jsonl_rows, scrub_credentials,
 )
+from prefero.processes import Processes, position_batches, stage_processes
 from prefero.stage_files import rows_sha256
 
 
@@ -101,12 +102,14 @@ def planned_answers(items: list[Item], mode: str) -> int:
     return sum(d * (d - 1) for d in distinct)
 
 
-def null_answers(out: StageOutput) -> int:
+def null_answers(out: StageOutput, indices: set[int]) -> int:
     """The unanswered scores (pointwise) or comparisons (pairwise, each from ≥ 1 unreadable
-    answer) in the rows saved so far: at least the unreadable answers behind them."""
+    answer) in the saved rows of `indices`: at least the unreadable answers behind them."""
     count = 0
     for path in partial_paths(out.output):
         for _, row in read_jsonl_rows(path):
+            if row.get("index") not in indices:
+                continue
             matrix = row.get("pairwise")
             if matrix is not None:
                 count += sum(matrix[i][j] is None for i in range(len(matrix)) for j in range(i + 1, len(matrix)))
@@ -147,7 +150,7 @@ def judge_identity(judge) -> dict:
             except (TypeError, OSError):
                 source = repr(fn).encode()
         identity["function_source_sha256"] = hashlib.sha256(source).hexdigest()
-    elif judge.type in ("reward_model", "llm") and os.path.isdir(os.path.expanduser(judge.model)):
+    elif judge.type in ("reward_model", "pairwise_model", "llm") and os.path.isdir(os.path.expanduser(judge.model)):
         from prefero.reference import model_identity
 
         identity["model_files"] = model_identity(os.path.expanduser(judge.model))
@@ -176,43 +179,61 @@ def judge_rows(judge: Judge, items: list[Item], mode: str, indices: list[int]) -
 
 
 def run_judge(cfg: JudgeRunConfig) -> dict:
-    """Judge `cfg.input` into `cfg.output` (resuming a partial run); returns the report."""
+    """Judge `cfg.input` into `cfg.output` (resuming a partial run); returns the report ({}
+    on processes other than 0). Under a launcher each process judges its share of the
+    batches (prefero.processes); the file is the one a single process writes."""
     started = time.monotonic()
     items = read_items(cfg.input, cfg.prompt_column, cfg.completions_column)
     indices = row_indices(items)
     settings = {"input_sha256": rows_sha256(item.record for item in items), "judge": judge_identity(cfg.judge),
                 "mode": cfg.mode, "prompt_column": cfg.prompt_column, "completions_column": cfg.completions_column}
-    out = StageOutput(cfg.output, settings=settings, overwrite=cfg.overwrite, report=report_path(cfg.output))
+    procs = stage_processes(needs_torch=False)  # the judge places its model itself (judge.device)
+    out = StageOutput(cfg.output, settings, cfg.overwrite, procs.rank, procs.world, procs.barrier,
+                      report=report_path(cfg.output))
     done = out.start()
+    procs.say(f"prefero judge: {procs.describe()}, {cfg.judge.type} judge, {len(items)} rows "
+              f"({len(done)} done before)")
     try:
-        return _judge(cfg, items, indices, out, done, started)
+        return _judge(cfg, items, indices, out, done, procs, started)
     finally:
         out.close()
 
 
 def _judge(cfg: JudgeRunConfig, items: list[Item], indices: list[int], out: StageOutput, done: set[int],
-           started: float) -> dict:
+           procs: Processes, started: float) -> dict:
+    # Batches by input position, the same for any number of processes and across resumptions:
+    # a batch is what the judge sees at once, so its rows' numbers do not depend on either.
+    batches = position_batches(len(items), cfg.batch_size)
+    mine = [b for b in procs.mine(len(batches)) if any(indices[n] not in done for n in batches[b])]
     todo = [n for n in range(len(items)) if indices[n] not in done]
     stats = {}
-    if todo:
+    loaded = time.monotonic()
+    if mine:
         judge = build_judge(cfg.judge)
+        loaded = time.monotonic()
         if hasattr(judge, "batch_size"):
             judge.batch_size = cfg.batch_size
-        # the whole output's answers: rows an earlier run saved count, their unreadable answers too
-        planned = planned_answers(items, cfg.mode)
-        resumed = null_answers(out)
+        # Each process keeps to its share of the unreadable-answer budget (process 0's share
+        # covers the rows earlier runs saved): when every share holds, the whole output does.
+        planned = planned_answers([items[n] for b in mine for n in batches[b]], cfg.mode)
+        resumed = 0
+        if procs.main and done:
+            planned += planned_answers([items[n] for n in range(len(items)) if indices[n] in done], cfg.mode)
+            resumed = null_answers(out, done)
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="judge", unit="row", disable=None)
-            for start in range(0, len(todo), cfg.batch_size):
-                batch = todo[start:start + cfg.batch_size]
-                rows = judge_rows(judge, [items[n] for n in batch], cfg.mode, [indices[n] for n in batch])
+            share = sum(indices[n] not in done for b in mine for n in batches[b])
+            bar = tqdm(total=share, desc="judge", unit="row", disable=None if procs.main else True)
+            for b in mine:
+                rows = judge_rows(judge, [items[n] for n in batches[b]], cfg.mode, [indices[n] for n in batches[b]])
                 # before saving: a run over its budget fails at the latest at its last batch,
                 # so a rerun never finds every row saved and publishes them
                 check_unparseable(judge, planned, resumed)
-                out.append(rows)
-                bar.update(len(batch))
+                # a batch cut short by a kill is judged again whole, and only its missing rows saved
+                new = [row for row in rows if row["index"] not in done]
+                out.append(new)
+                bar.update(len(new))
             bar.close()
         except BaseException:
             out.abandon()  # no settings file left beside nothing to resume
@@ -221,12 +242,17 @@ def _judge(cfg: JudgeRunConfig, items: list[Item], indices: list[int], out: Stag
             if hasattr(judge, "close"):
                 judge.close()
         stats = {k: v for k, v in sorted(judge.stats.items()) if v}
-    out.finish(total=len(items), indices=indices)
-    seconds = time.monotonic() - started
+    merged = out.finish(total=len(items), indices=indices, counts=stats)
+    if not procs.main:
+        return {}
+    now = time.monotonic()
+    judging = now - loaded  # from the judge loaded (on process 0) to every process's rows merged
     report = judge_report(cfg, read_output(cfg.output))
     report["this_run"] = {"rows_judged": len(todo), "rows_resumed": len(items) - len(todo),
-                          "seconds": round(seconds, 3),
-                          "rows_per_second": round(len(todo) / seconds, 3) if seconds > 0 else None, **stats}
+                          "processes": procs.world, "seconds": round(now - started, 3),
+                          "load_seconds": round(loaded - started, 3),
+                          "rows_per_second": round(len(todo) / judging, 3) if judging > 0 else None,
+                          **merged["counts"]}
     atomic_write_json(report_path(cfg.output), report)
     return report
 

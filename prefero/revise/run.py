@@ -24,6 +24,10 @@ of a finished run, so a kill at any point before it leaves a run that resumes. T
 settings the transcripts depend on (the prompts', answers' and constitution's content, the
 sampling keys) are kept beside them: a rerun with others is refused, never mixed in.
 One run writes an output_dir at a time (a lock on its transcripts).
+
+Under a launcher (`accelerate launch ... prefero revise`) each process revises its share of
+the batches (prefero.processes) into its own partial file, and process 0 derives the files
+from everyone's transcripts: the same files as one process writes.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ from prefero.generate.sampler import Sample, Sampler
 from prefero.data.formats import was_cut
 from prefero.pipeline_io import write_jsonl_atomic
 from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, partial_paths, read_jsonl_rows, read_prompts
+from prefero.processes import Processes, position_batches, stage_processes
 from prefero.revise.config import PAIRS, REPORT, SFT, STRIDE, TRANSCRIPTS, ReviseConfig
 from prefero.revise.constitution import (Principle, constitution_sha256, default_constitution_path, draw_principle,
                                          load_constitution)
@@ -76,42 +80,40 @@ def run_revise(cfg: ReviseConfig, sampler: Sampler | None = None) -> dict:
     `sampler` replaces the backend the config names (tests, or a model already loaded).
     """
     cfg.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("prefero revise runs as one process; for several GPUs serve the model (vllm serve) and "
-                          "use generation.backend: openai, or backend: vllm with tensor_parallel_size")
     check_output_dir_path(cfg.output_dir)
     check_output_file(cfg.path(TRANSCRIPTS), "output_dir", *(cfg.path(name) for name in (SFT, PAIRS, REPORT)))
     principles = load_constitution(cfg.constitution or default_constitution_path())
     items = read_items(cfg.prompts, cfg.prompt_column, cfg.response_column)
-    out = StageOutput(cfg.path(TRANSCRIPTS), _settings(cfg, principles, items), cfg.overwrite,
-                      report=cfg.path(REPORT))
+    procs = stage_processes(needs_torch=cfg.generation.backend != "openai")
+    out = StageOutput(cfg.path(TRANSCRIPTS), _settings(cfg, principles, items), cfg.overwrite, procs.rank,
+                      procs.world, procs.barrier, report=cfg.path(REPORT))
     _refuse_finished_outputs(cfg, out)
     done = out.start()
+    procs.say(f"prefero revise: {procs.describe()}, {len(items)} prompts ({len(done)} done before), "
+              f"backend {cfg.generation.backend}")
     try:
-        return _revise(cfg, sampler, principles, items, out, done)
+        return _revise(cfg, sampler, principles, items, out, done, procs)
     finally:
         out.close()
 
 
 def _revise(cfg: ReviseConfig, sampler: Sampler | None, principles: list[Principle], items: list[Item],
-            out: StageOutput, done: set[int]) -> dict:
+            out: StageOutput, done: set[int], procs: Processes) -> dict:
     gen = cfg.generate_config()
     if done and not out.complete:
-        print(f"prefero revise: resuming, {len(done)} of {len(items)} prompts already done in {out.partial}",
-              file=sys.stderr)
-    size = gen.batch_size
-    batches = [items[s:s + size] for s in range(0, len(items), size)]
-    todo = [b for b, batch in enumerate(batches) if any(it.index not in done for it in batch)]
+        procs.say(f"prefero revise: resuming, {len(done)} of {len(items)} prompts already done in {out.partial}")
+    batches = [[items[n] for n in batch] for batch in position_batches(len(items), gen.batch_size)]
+    todo = [b for b in procs.mine(len(batches)) if any(it.index not in done for it in batches[b])]
 
     own = sampler is None and bool(todo)
     if own:
-        sampler = make_sampler(gen, _device(gen.backend))
+        sampler = make_sampler(gen, procs.device if gen.backend == "transformers" else None)
     if sampler is not None:
         # a prompt the sampler cannot render fails now, not hours in
         sampler.check([_prompt(it, it.messages) for b in todo for it in batches[b]])
     start = time.perf_counter()
     try:
-        for b in _progress(todo):
+        for b in _progress(todo) if procs.main else todo:
             rows = revise_batch(sampler, batches[b], b, principles, cfg.rounds, cfg.seed)
             # a batch cut short by a kill is redone whole (same seeds, same rows); only its missing rows are added
             out.append([row for row in rows if row["index"] not in done])
@@ -119,6 +121,10 @@ def _revise(cfg: ReviseConfig, sampler: Sampler | None, principles: list[Princip
         if own:
             sampler.close()
     seconds = time.perf_counter() - start
+    if not procs.main:
+        out.finish(len(items))  # its rows are in; process 0 derives the files from everyone's
+        return {}
+    out.wait_for_others()
 
     transcripts, duplicates = read_transcripts(out, len(items))
     sft, pairs, dropped = derive_rows(transcripts, cfg.drop_truncated)
@@ -237,14 +243,6 @@ def _refuse_finished_outputs(cfg: ReviseConfig, out: StageOutput) -> None:
         if os.path.exists(cfg.path(name)):
             raise ConfigError(f"output_dir {cfg.output_dir!r} holds a finished revise run ({name}); "
                               "set overwrite=true to replace it")
-
-
-def _device(backend: str):
-    if backend != "transformers":
-        return None  # vllm places itself; openai needs no torch
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _progress(batches: list[int]):

@@ -49,7 +49,7 @@ from typing import Callable
 from prefero.config import ConfigError, TrainConfig, to_dict
 from prefero.data.errors import DataError
 from prefero.evaluate.config import EvalConfig
-from prefero.evaluate.run import generate_config as eval_generate_config
+from prefero.evaluate.responses import generate_config as eval_generate_config
 from prefero.evaluate.run import run_eval
 from prefero.generate import GenerateConfig, run_generate
 from prefero.judges.config import JudgeRunConfig
