@@ -1,4 +1,4 @@
-"""Atomic, resumable checkpoints (SPEC §7).
+"""Atomic, resumable checkpoints (README.md#checkpoints-resume-safety).
 
 A checkpoint is a directory `output_dir/checkpoints/step-N` holding the trainable weights
 (safetensors), the optimizer and scheduler states, every RNG state and the loop's own
@@ -27,6 +27,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from prefero.config import RESUMABLE_KEYS, ConfigError
+from prefero.files import atomic_write_text
 
 # Full (unsharded) state dicts, gathered to CPU: the same files whether the run was one
 # process, DDP or FSDP, so a checkpoint resumes under any of them.
@@ -149,3 +152,45 @@ def load_latest(root: Path, module, optimizer, scheduler, process_index: int = 0
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else ""
+
+
+# --------------------------------------------------------------------------- resuming a run
+
+
+def check_resume_config(saved_path: Path, current: dict) -> list[str]:
+    """Resuming with a config that changes the run's math is an error naming each changed key;
+    keys in `RESUMABLE_KEYS` (length of the run, eval/save cadence, engine) may change and are
+    returned as "key: old -> new" lines to print."""
+    if not saved_path.exists():
+        return []
+    saved = flatten(json.loads(saved_path.read_text()))
+    now = flatten(current)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    fatal = [k for k in changed if k.split(".")[0] not in RESUMABLE_KEYS]
+    if fatal:
+        detail = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in fatal)
+        raise ConfigError(f"resume=true with a config that changes the run: {detail}; restore them "
+                          f"or start a new output_dir (see {saved_path})")
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed if k not in ("resume", "overwrite")]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config blocks as dotted keys: {"lora": {"r": 8}} -> {"lora.r": 8}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def truncate_metrics(path: Path, step: int, keep_step_zero_eval: bool = True) -> None:
+    """Drop rows a killed run logged after its last checkpoint, so the file reads as one run."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if json.loads(r)["step"] <= step]
+    if not keep_step_zero_eval:
+        keep = []
+    atomic_write_text(path, "".join(r + "\n" for r in keep))

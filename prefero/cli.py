@@ -21,7 +21,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, option_lines
+from prefero.config import option_lines
+from prefero.errors import PreferoError
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefero.data import DataError
-    from prefero.judges import EXIT_JUDGE, JudgeError
-    from prefero.openai_client import OpenAIError
-    from prefero.stage_files import WriteFailed
-
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
@@ -202,25 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         if cmd.summary and report:
             print(_report_line(cmd.summary, report))
         return 0
-    except (ConfigError, DataError) as e:
+    except PreferoError as e:  # a config, data, judge, server, disk or training problem: one line
         print(f"prefero: error: {e}", file=sys.stderr)
-        return 2
-    except JudgeError as e:
-        print(f"prefero: error: {e}", file=sys.stderr)
-        return EXIT_JUDGE
-    except (OpenAIError, WriteFailed) as e:  # a server that kept failing; a full disk
-        print(f"prefero: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         print("prefero: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a failed run still exits non-zero with one clear line
-        from prefero.loop import TrainingError
-
-        if isinstance(e, TrainingError):
-            print(f"prefero: error: {e}", file=sys.stderr)
-            return 1
-        raise
 
 
 def _quiet_libraries() -> None:

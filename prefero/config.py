@@ -19,9 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from prefero.errors import PreferoError
 
-class ConfigError(ValueError):
+
+class ConfigError(PreferoError, ValueError):
     """A configuration mistake the user can fix; the CLI prints it without a traceback."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Range:
         return f"{'<=' if self.le is not None else '<'} {hi:g}"
 
 
-def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None, **kw):
+def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None, **kw):
     """A config field: default, one line of doc, and optionally its numeric range or choices."""
     meta = {"help": help}
     if any(b is not None for b in (ge, gt, le, lt)):
@@ -65,12 +69,12 @@ def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None, 
 class LoraConfig:
     """PEFT LoRA adapter settings (the `lora:` block)."""
 
-    r: int = _f(16, "LoRA rank", ge=1)
-    alpha: float = _f(32, "LoRA scaling alpha", gt=0)
-    dropout: float = _f(0.0, "dropout on the LoRA input", ge=0, lt=1)
-    target_modules: list = _f("auto", "module names to adapt; auto = every projection of the family's attention "
+    r: int = option(16, "LoRA rank", ge=1)
+    alpha: float = option(32, "LoRA scaling alpha", gt=0)
+    dropout: float = option(0.0, "dropout on the LoRA input", ge=0, lt=1)
+    target_modules: list = option("auto", "module names to adapt; auto = every projection of the family's attention "
                                       "blocks (q/k/v/o, GPT-2's c_attn/c_proj, ...); all-linear = every linear layer")
-    merge: bool = _f(False, "also save the merged full model in output_dir/merged")
+    merge: bool = option(False, "also save the merged full model in output_dir/merged")
 
     def validate(self) -> "LoraConfig":
         if not self.target_modules:
@@ -82,17 +86,17 @@ class LoraConfig:
 class DataConfig:
     """How records are read (the `data:` block): column names and how scored records are paired."""
 
-    prompt_column: str = _f("prompt", "column holding the prompt")
-    chosen_column: str = _f("chosen", "column holding the preferred completion")
-    rejected_column: str = _f("rejected", "column holding the dispreferred completion")
-    completion_column: str = _f("completion", "SFT / unpaired (KTO): column holding the completion")
-    label_column: str = _f("label", "unpaired (KTO): column holding true (desirable) / false")
-    messages_column: str = _f("messages", "SFT: column holding a whole conversation")
-    completions_column: str = _f("completions", "scored records: column holding the list of completions")
-    scores_column: str = _f("scores", "scored records: column holding one score per completion")
-    p_chosen_column: str = _f("p_chosen", "SPPO: column holding the chosen completion's win probability")
-    p_rejected_column: str = _f("p_rejected", "SPPO: column holding the rejected completion's win probability")
-    binarize: str = _f("worst", "scored records: rejected = the worst or a random lower-scored completion",
+    prompt_column: str = option("prompt", "column holding the prompt")
+    chosen_column: str = option("chosen", "column holding the preferred completion")
+    rejected_column: str = option("rejected", "column holding the dispreferred completion")
+    completion_column: str = option("completion", "SFT / unpaired (KTO): column holding the completion")
+    label_column: str = option("label", "unpaired (KTO): column holding true (desirable) / false")
+    messages_column: str = option("messages", "SFT: column holding a whole conversation")
+    completions_column: str = option("completions", "scored records: column holding the list of completions")
+    scores_column: str = option("scores", "scored records: column holding one score per completion")
+    p_chosen_column: str = option("p_chosen", "SPPO: column holding the chosen completion's win probability")
+    p_rejected_column: str = option("p_rejected", "SPPO: column holding the rejected completion's win probability")
+    binarize: str = option("worst", "scored records: rejected = the worst or a random lower-scored completion",
                        choices=["worst", "random"])
 
 
@@ -109,48 +113,48 @@ class LoopConfig:
     """What every training command reads: model, data, optimisation, checkpoints (the loop's knobs)."""
 
     # model and data
-    model: str = _f("", "model: hub id or local directory (HF format)")
-    train_data: str = _f("", "training data file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
-    train_split: str = _f("train", "split of train_data to train on (hub datasets and save_to_disk folders)")
-    eval_data: str | None = _f(None, "held-out data evaluated every eval_steps and at the end")
-    eval_split: str | None = _f(
+    model: str = option("", "model: hub id or local directory (HF format)")
+    train_data: str = option("", "training data file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
+    train_split: str = option("train", "split of train_data to train on (hub datasets and save_to_disk folders)")
+    eval_data: str | None = option(None, "held-out data evaluated every eval_steps and at the end")
+    eval_split: str | None = option(
         None, "split of eval_data; with no eval_data, a held-out split of train_data (e.g. test_prefs)")
-    output_dir: str = _f("runs/prefero", "where metrics, data report and the trained model go")
-    overwrite: bool = _f(False, "replace an earlier prefero run in output_dir (all of it)")
-    trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
+    output_dir: str = option("runs/prefero", "where metrics, data report and the trained model go")
+    overwrite: bool = option(False, "replace an earlier prefero run in output_dir (all of it)")
+    trust_remote_code: bool = option(False, "run model code from the hub (only if you trust it)")
     # optimisation
-    optimizer: str = _f("adamw", "adamw | rmsprop (the DPO paper's and the SPPO recipe's optimizer)",
+    optimizer: str = option("adamw", "adamw | rmsprop (the DPO paper's and the SPPO recipe's optimizer)",
                         choices=["adamw", "rmsprop"])
-    learning_rate: float = _f(5e-7, "peak learning rate", gt=0)
-    weight_decay: float = _f(0.0, "weight decay (decoupled for adamw, L2 for rmsprop); 1-D params exempt", ge=0)
-    adam_betas: list = _f([0.9, 0.999], "AdamW (β1, β2)", ge=0, lt=1)
-    rmsprop_alpha: float = _f(0.99, "RMSprop smoothing constant α", ge=0, lt=1)
-    lr_scheduler: str = _f("cosine", "cosine | linear | constant (after warmup)",
+    learning_rate: float = option(5e-7, "peak learning rate", gt=0)
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw, L2 for rmsprop); 1-D params exempt", ge=0)
+    adam_betas: list = option([0.9, 0.999], "AdamW (β1, β2)", ge=0, lt=1)
+    rmsprop_alpha: float = option(0.99, "RMSprop smoothing constant α", ge=0, lt=1)
+    lr_scheduler: str = option("cosine", "cosine | linear | constant (after warmup)",
                            choices=["cosine", "linear", "constant"])
-    warmup_ratio: float = _f(0.1, "fraction of the steps spent warming up linearly", ge=0, lt=1)
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)", ge=0)
-    batch_size: int = _f(8, "pairs per micro-step per process", ge=1)
-    grad_accum: int = _f(1, "micro-steps per optimizer step", ge=1)
-    max_steps: int = _f(0, "optimizer steps (0 = derive from epochs)", ge=0)
-    epochs: float = _f(1.0, "passes over train_data when max_steps is 0", ge=0)
-    shuffle: bool = _f(True, "seeded shuffling of the data order (false = file order, e.g. curricula)")
-    max_bad_steps: int = _f(5, "consecutive non-finite steps before the run stops (0 = never stop)", ge=0)
-    seed: int = _f(42, "seed for initialisation, data order and dropout", ge=0)
+    warmup_ratio: float = option(0.1, "fraction of the steps spent warming up linearly", ge=0, lt=1)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", ge=0)
+    batch_size: int = option(8, "pairs per micro-step per process", ge=1)
+    grad_accum: int = option(1, "micro-steps per optimizer step", ge=1)
+    max_steps: int = option(0, "optimizer steps (0 = derive from epochs)", ge=0)
+    epochs: float = option(1.0, "passes over train_data when max_steps is 0", ge=0)
+    shuffle: bool = option(True, "seeded shuffling of the data order (false = file order, e.g. curricula)")
+    max_bad_steps: int = option(5, "consecutive non-finite steps before the run stops (0 = never stop)", ge=0)
+    seed: int = option(42, "seed for initialisation, data order and dropout", ge=0)
     # sequences
-    max_length: int = _f(1024, "prompt + completion tokens per sequence", ge=2)
-    max_prompt_length: int = _f(512, "prompt tokens kept (from the end)", ge=1)
-    on_bad_record: str = _f("error", "error | skip: what a malformed record does", choices=["error", "skip"])
-    data: DataConfig | None = _f(None, "data block: column names (prompt_column, chosen_column, ...) and binarize")
-    dtype: str = _f("float32", "float32 | bfloat16 (autocast on float32 master weights)",
+    max_length: int = option(1024, "prompt + completion tokens per sequence", ge=2)
+    max_prompt_length: int = option(512, "prompt tokens kept (from the end)", ge=1)
+    on_bad_record: str = option("error", "error | skip: what a malformed record does", choices=["error", "skip"])
+    data: DataConfig | None = option(None, "data block: column names (prompt_column, chosen_column, ...) and binarize")
+    dtype: str = option("float32", "float32 | bfloat16 (autocast on float32 master weights)",
                     choices=["float32", "bfloat16"])
     # logging and saving
-    eval_steps: int = _f(0, "evaluate every N optimizer steps (0 = only at start and end)", ge=0)
-    save_steps: int = _f(0, "checkpoint every N optimizer steps (0 = only the final model)", ge=0)
-    keep_last: int = _f(0, "keep only the newest N checkpoints (0 = keep all)", ge=0)
-    resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
-    report_to: str = _f("none", "none | tensorboard | wandb: also log metrics there (metrics.jsonl always)",
+    eval_steps: int = option(0, "evaluate every N optimizer steps (0 = only at start and end)", ge=0)
+    save_steps: int = option(0, "checkpoint every N optimizer steps (0 = only the final model)", ge=0)
+    keep_last: int = option(0, "keep only the newest N checkpoints (0 = keep all)", ge=0)
+    resume: bool = option(False, "continue from the newest complete checkpoint in output_dir")
+    report_to: str = option("none", "none | tensorboard | wandb: also log metrics there (metrics.jsonl always)",
                         choices=["none", "tensorboard", "wandb"])
-    lora: LoraConfig | None = _f(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
+    lora: LoraConfig | None = option(None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); none = full fine-tune")
 
     def validate(self):
         if not self.model:
@@ -176,32 +180,32 @@ class LoopConfig:
 class TrainConfig(LoopConfig):
     """Everything `prefero train` reads: the loop's keys, then the loss and the engine."""
 
-    model: str = _f("", "policy model: hub id or local directory (HF format)")
-    ref_model: str | None = _f(None, "reference model; DPO-family losses default to `model`")
+    model: str = option("", "policy model: hub id or local directory (HF format)")
+    ref_model: str | None = option(None, "reference model; DPO-family losses default to `model`")
     # the loss
-    loss: str = _f("dpo", "dpo | robust | ipo | hinge | rdpo | nca_pair | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
-    beta: float | None = _f(None, "β; default per loss (dpo 0.1, simpo 2.0, sppo 1/η = 0.001)", gt=0)
-    gamma_beta_ratio: float | None = _f(None, "SimPO γ/β (default 0.5)", ge=0)
-    simpo_length_normalize: bool | None = _f(
+    loss: str = option("dpo", "dpo | robust | ipo | hinge | rdpo | nca_pair | simpo | cpo | orpo | sppo | sppo_hard | kto | sft")
+    beta: float | None = option(None, "β; default per loss (dpo 0.1, simpo 2.0, sppo 1/η = 0.001)", gt=0)
+    gamma_beta_ratio: float | None = option(None, "SimPO γ/β (default 0.5)", ge=0)
+    simpo_length_normalize: bool | None = option(
         None, "SimPO on average log-probs (default true); false = summed, the paper's ablation")
-    label_smoothing: float | None = _f(
+    label_smoothing: float | None = option(
         None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)", ge=0, lt=0.5)
-    rdpo_alpha: float | None = _f(None, "length-regularized DPO α (default 0.01)", ge=0)
-    cpo_lambda: float | None = _f(None, "CPO weight of the chosen NLL term (default 1.0)", ge=0)
-    orpo_lambda: float | None = _f(None, "ORPO weight of the odds-ratio term (default 0.1)", ge=0)
-    ipo_average: bool | None = _f(None, "IPO on length-averaged log-ratios (default true)")
-    kto_desirable_weight: float | None = _f(None, "KTO λ_D (default 1.0)", ge=0)
-    kto_undesirable_weight: float | None = _f(None, "KTO λ_U (default 1.0)", ge=0)
-    nll_reduction: str | None = _f(
+    rdpo_alpha: float | None = option(None, "length-regularized DPO α (default 0.01)", ge=0)
+    cpo_lambda: float | None = option(None, "CPO weight of the chosen NLL term (default 1.0)", ge=0)
+    orpo_lambda: float | None = option(None, "ORPO weight of the odds-ratio term (default 0.1)", ge=0)
+    ipo_average: bool | None = option(None, "IPO on length-averaged log-ratios (default true)")
+    kto_desirable_weight: float | None = option(None, "KTO λ_D (default 1.0)", ge=0)
+    kto_undesirable_weight: float | None = option(None, "KTO λ_U (default 1.0)", ge=0)
+    nll_reduction: str | None = option(
         None, "sft/cpo/orpo NLL: token (mean over the step's completion tokens, default) | sequence",
         choices=["token", "sequence"])
     # numerics and engine
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    attention: str = _f("auto", "auto (per family: flex on CUDA where it has it, else sdpa, else eager) | flex | sdpa | eager",
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    attention: str = option("auto", "auto (per family: flex on CUDA where it has it, else sdpa, else eager) | flex | sdpa | eager",
                         choices=["auto", "flex", "sdpa", "eager"])
-    compile: bool = _f(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
-    logprob_chunk_size: int = _f(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)", ge=0)
-    reference_cache: str = _f("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
+    compile: bool = option(False, "torch.compile the transformer body (dynamic shapes; first step compiles)")
+    logprob_chunk_size: int = option(0, "completion tokens per log-prob chunk (0 = auto: ~32M logits per chunk)", ge=0)
+    reference_cache: str = option("auto", "reference log-prob cache: auto (~/.cache/prefero or $PREFERO_CACHE), a directory, or off")
 
     @property
     def reference_cache_dir(self) -> Path | None:
@@ -355,7 +359,7 @@ def _check_field(name: str, value, meta) -> None:
 
 
 def check_fields(obj, prefix: str = "") -> None:
-    """Each field's declared choices and range (`_f(..., ge=, choices=)`); also for a config
+    """Each field's declared choices and range (`option(..., ge=, choices=)`); also for a config
     built in Python rather than by `load_config`."""
     for f in dataclasses.fields(obj):
         _check_field(prefix + f.name, getattr(obj, f.name), f.metadata)

@@ -1,4 +1,4 @@
-"""`prefero label`: judged rows -> the preference data `prefero train` reads (SPEC §3).
+"""`prefero label`: judged rows -> the preference data `prefero train` reads (docs/pipeline.md).
 
     report = run_label(load_config("label.yaml", cls=LabelConfig))
 
@@ -30,7 +30,7 @@ common reasons, and writes no output (its report is written, to look at).
 Cut completions. A completion whose `finish_reasons` entry (as `prefero generate` writes
 it, and `prefero judge` carries it) is "length" stopped at the token limit: it is not a
 finished answer, and training on it as chosen or rejected would teach the model to stop
-mid-sentence (SPEC §4). Such a pair or SPPO row is dropped (`truncated`); with
+mid-sentence (README.md#data). Such a pair or SPPO row is dropped (`truncated`); with
 `keep_truncated: true` it is kept and marked `chosen_truncated: true` /
 `rejected_truncated: true` (written only when true), so `prefero train` appends no EOS to
 the cut side. `was_cut` is the one rule; revise and self-play use it too.
@@ -52,13 +52,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefero.config import ConfigError, _f
+from prefero.config import ConfigError, option
 from prefero.data.errors import DataError
-from prefero.data.formats import Dropped, Where, _text, was_cut
+from prefero.data.formats import Dropped, Where, text_value, was_cut
 from prefero.data.read import iter_rows
+from prefero.files import atomic_write_json, write_jsonl_atomic
 from prefero.judges import sigmoid, win_rates
 from prefero.judges.run import completion_text
-from prefero.pipeline_io import atomic_write_json, finite_mean, write_jsonl_atomic
+from prefero.report_stats import finite_mean
 from prefero.stage_files import OutputLock, check_output_file, make_folder
 
 FORMATS = ("pairs", "sppo")
@@ -69,19 +70,19 @@ REJECTED = ("worst", "random")
 class LabelConfig:
     """Everything `prefero label` reads."""
 
-    input: str = _f("", "judged rows {prompt, completions, scores[, pairwise]} (e.g. `prefero judge` output)")
-    output: str = _f("", "where the preference rows go (.jsonl); a report is written next to it")
-    format: str = _f("pairs", "pairs: {prompt, chosen, rejected} | sppo: the same + p_chosen, p_rejected",
+    input: str = option("", "judged rows {prompt, completions, scores[, pairwise]} (e.g. `prefero judge` output)")
+    output: str = option("", "where the preference rows go (.jsonl); a report is written next to it")
+    format: str = option("pairs", "pairs: {prompt, chosen, rejected} | sppo: the same + p_chosen, p_rejected",
                      choices=list(FORMATS))
-    rejected: str = _f("worst", "pairs: the worst completion, or a random one scored below the best",
+    rejected: str = option("worst", "pairs: the worst completion, or a random one scored below the best",
                        choices=list(REJECTED))
-    seed: int = _f(0, "seed of rejected=random (combined with each row's index)", ge=0)
-    keep_truncated: bool = _f(False, "keep pairs whose chosen or rejected stopped at max_new_tokens (finish "
+    seed: int = option(0, "seed of rejected=random (combined with each row's index)", ge=0)
+    keep_truncated: bool = option(False, "keep pairs whose chosen or rejected stopped at max_new_tokens (finish "
                                      "reason 'length'), marked chosen_truncated/rejected_truncated; false = "
                                      "drop them (counted as truncated)")
-    prompt_column: str = _f("prompt", "column holding the prompt")
-    completions_column: str = _f("completions", "column holding the list of completions")
-    overwrite: bool = _f(False, "replace an existing output")
+    prompt_column: str = option("prompt", "column holding the prompt")
+    completions_column: str = option("completions", "column holding the list of completions")
+    overwrite: bool = option(False, "replace an existing output")
 
     def validate(self) -> "LabelConfig":
         if not self.input:
@@ -156,7 +157,7 @@ def parse_judged(record: dict, where: Where, cfg: LabelConfig) -> Judged:
     p_col, c_col = cfg.prompt_column, cfg.completions_column
     if record.get(p_col) is None:
         raise where.error(p_col, "missing")
-    prompt = _text(record[p_col], p_col, where)
+    prompt = text_value(record[p_col], p_col, where)
     completions = record.get(c_col)
     if not isinstance(completions, list):
         raise where.error(c_col, "missing" if completions is None else

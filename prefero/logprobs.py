@@ -1,4 +1,4 @@
-"""Completion log-probs straight from the last hidden states (SPEC §6).
+"""Completion log-probs straight from the last hidden states (README.md#how-it-is-fast-and-lean).
 
 The [tokens × vocab] logits are the largest tensor of preference training. Here they are
 never held whole: only the hidden states at positions that predict a completion token

@@ -24,14 +24,27 @@ from pathlib import Path
 
 import torch
 
-from prefero.checkpoint import FULL, get_model_state_dict, load_latest, save_checkpoint
-from prefero.config import RESUMABLE_KEYS, ConfigError, to_dict
+from prefero.checkpoint import (
+    FULL,
+    check_resume_config,
+    flatten,
+    get_model_state_dict,
+    load_latest,
+    save_checkpoint,
+    truncate_metrics,
+)
+from prefero.config import ConfigError, to_dict
 from prefero.data import DataOptions
+from prefero.errors import PreferoError
+from prefero.files import atomic_write_text
+from prefero.log import get_logger
 from prefero.model import save_model
+from prefero.optim import make_optimizer, make_scheduler
 from prefero.outputs import check_output_dir, claim_output_dir
 
+log = get_logger(__name__)
 
-class TrainingError(RuntimeError):
+class TrainingError(PreferoError, RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps); printed without traceback."""
 
 
@@ -131,7 +144,7 @@ class Loop:
         if eval_report is not None:
             self.reports["eval"] = eval_report.to_dict()
         if self.accelerator.is_main_process:
-            (self.out / "data_report.json").write_text(json.dumps(self.reports, indent=2))
+            atomic_write_text(self.out / "data_report.json", json.dumps(self.reports, indent=2))
 
     # --------------------------------------------------------------- what subclasses define
 
@@ -170,7 +183,7 @@ class Loop:
         grad_norm = self._clip()
         metrics = self._summarize(rows, gather=acc.gather)
         finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
-        if finite:  # SPEC §7: no step is applied with a non-finite loss or gradient
+        if finite:  # README.md#checkpoints-resume-safety: no step is applied with a non-finite loss or gradient
             self.optimizer.step()
             self.bad_steps = 0
         else:
@@ -226,8 +239,8 @@ class Loop:
         cfg = self.cfg
         main = self.accelerator.is_main_process
         if main:
-            (self.out / self.config_file).write_text(json.dumps(to_dict(cfg), indent=2))
-            print(self.world_line(), flush=True)
+            atomic_write_text(self.out / self.config_file, json.dumps(to_dict(cfg), indent=2))
+            log.info(self.world_line())
         if cfg.report_to != "none":
             self.accelerator.init_trackers(self.out.name or "prefero", config=_tracker_config(to_dict(cfg)))
         history = {}
@@ -257,7 +270,7 @@ class Loop:
         if cfg.report_to != "none":
             self.accelerator.end_training()
         if main:
-            print(self.summary(history), flush=True)
+            log.info(self.summary(history))
         return history
 
     # --------------------------------------------------------------- what the run says
@@ -331,15 +344,15 @@ class Loop:
                            self.optimizer.optimizer, self.scheduler, self.accelerator.process_index)
         if loop is None:
             if self.accelerator.is_main_process:
-                print(f"no complete checkpoint in {self.out / 'checkpoints'}; starting from step 0")
-            _truncate_metrics(self.out / "metrics.jsonl", 0, keep_step_zero_eval=False)
+                log.info(f"no complete checkpoint in {self.out / 'checkpoints'}; starting from step 0")
+            truncate_metrics(self.out / "metrics.jsonl", 0, keep_step_zero_eval=False)
             return
         self.step, self.bad_steps = loop["step"], loop["bad_steps"]
         if self.accelerator.is_main_process:
-            _truncate_metrics(self.out / "metrics.jsonl", self.step)
-            print(f"resumed from step {self.step}")
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            log.info(f"resumed from step {self.step}")
             for change in self.config_changes:
-                print(f"resume: {change}")
+                log.info(f"resume: {change}")
 
 
 def _refuse_deepspeed(accelerator) -> None:
@@ -378,7 +391,7 @@ def _tracker(report_to: str):
 
 def _tracker_config(cfg: dict) -> dict:
     """The run config flattened to what trackers take (numbers, strings, booleans)."""
-    flat = _flatten(cfg)
+    flat = flatten(cfg)
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
@@ -401,66 +414,6 @@ def _launcher_processes() -> int | None:
         if value is not None:
             return int(value) if value.isdigit() else None
     return None
-
-
-def make_optimizer(cfg, params: list, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW or RMSprop; weight decay only on parameters of two or more dimensions (matrices,
-    embeddings), never on biases and norm weights, as transformers' Trainer does."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
-                             **({"fused": True} if fused else {}))
-
-
-def check_resume_config(saved_path: Path, current: dict) -> list[str]:
-    """Resuming with a config that changes the run's math is an error naming each changed key;
-    keys in `RESUMABLE_KEYS` (length of the run, eval/save cadence, engine) may change and are
-    returned as "key: old -> new" lines to print."""
-    if not saved_path.exists():
-        return []
-    saved = _flatten(json.loads(saved_path.read_text()))
-    now = _flatten(current)
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    fatal = [k for k in changed if k.split(".")[0] not in RESUMABLE_KEYS]
-    if fatal:
-        detail = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in fatal)
-        raise ConfigError(f"resume=true with a config that changes the run: {detail}; restore them "
-                          f"or start a new output_dir (see {saved_path})")
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed if k not in ("resume", "overwrite")]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def make_scheduler(cfg, optimizer, total_steps: int):
-    """Linear warmup, then cosine, linear or constant."""
-    from transformers import get_scheduler
-
-    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
-
-
-def _truncate_metrics(path: Path, step: int, keep_step_zero_eval: bool = True) -> None:
-    """Drop rows a killed run logged after its last checkpoint, so the file reads as one run."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r)["step"] <= step]
-    if not keep_step_zero_eval:
-        keep = []
-    path.write_text("".join(r + "\n" for r in keep))
 
 
 def _attention_line(model) -> str | None:

@@ -1,4 +1,4 @@
-"""Preference losses as pure functions of per-sequence statistics (SPEC §2).
+"""Preference losses as pure functions of per-sequence statistics (README.md#losses).
 
 Every loss takes a `PairStats` (or `UnpairedStats` for KTO) of shape-[B] tensors and
 returns a `LossOutput` with the per-example loss and the implicit rewards that the

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prefero.config import ConfigError, LoraConfig
-
+from prefero.errors import first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
@@ -75,11 +75,11 @@ def _hub_access(name: str, key: str) -> dict:
             if cached:
                 return {"local_files_only": True}
             raise ConfigError(f"{key}: {name!r} is not a local directory, and the hub answered: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
         if cached:  # offline, but the model was downloaded before
             return {"local_files_only": True}
         raise ConfigError(f"{key}: {name!r} is not a local directory and the hub cannot be reached "
-                          f"({_first_line(e)}); download it while online or pass a local directory") from None
+                          f"({first_line(e)}); download it while online or pass a local directory") from None
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model"):
@@ -89,7 +89,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, key: str = "model
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load tokenizer from {name!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load tokenizer from {name!r}: {first_line(e)}") from None
     if tok.pad_token_id is None:
         # padding never reaches the loss (layouts are padding-free); generation needs an id
         tok.pad_token = tok.eos_token
@@ -106,7 +106,7 @@ def load_model_config(name: str, trust_remote_code: bool = False, key: str = "mo
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load model config from {name!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load model config from {name!r}: {first_line(e)}") from None
 
 
 def resolve_attention(name: str, choice: str, trust_remote_code: bool = False,
@@ -145,7 +145,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtyp
             attn_implementation=impl, **extra,
         )
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load model from {name!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load model from {name!r}: {first_line(e)}") from None
     model.config.use_cache = False
     if not dropout:
         disable_dropout(model)
@@ -171,7 +171,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, task_type: str = "CAUSAL_LM")
     family's attention blocks (`attention_projections`), so each family gets the same
     choice whatever its layers are called; `all-linear` is peft's every-linear-layer rule."""
     try:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
     except ImportError:
         raise ConfigError("the lora block needs peft: pip install 'prefero[lora]'") from None
     targets = lora.target_modules
@@ -247,6 +248,3 @@ def save_model(model: nn.Module, tokenizer, directory: str | Path, merge_lora: b
         tokenizer.save_pretrained(directory / "merged")
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

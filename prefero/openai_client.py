@@ -46,11 +46,13 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from prefero.config import ConfigError
+from prefero.errors import PreferoError, first_line
+from prefero.openai_replies import Reply, malformed_reason, parse_chat, parse_completion
 
 log = logging.getLogger("prefero.openai")
 T = TypeVar("T")
@@ -62,51 +64,13 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0
 
 
-class OpenAIError(RuntimeError):
+class OpenAIError(PreferoError, RuntimeError):
     """A request that failed for good: one line naming the URL, the status and the attempts."""
 
     def __init__(self, message: str, status: int | None = None, attempts: int = 1):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
-
-
-@dataclass
-class TokenLogprob:
-    """One generated token, its log-probability, and the top candidates at its position."""
-
-    token: str
-    logprob: float
-    top: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Choice:
-    text: str
-    finish_reason: str | None  # "stop", "length" (hit max_tokens), ...
-    logprobs: list[TokenLogprob] | None = None  # None: not asked for, or the server gave none
-
-
-@dataclass
-class Reply:
-    """A server's answer. `parsed` is False when the body was not a usable completion:
-    then `error` says why, `choices` is empty, and `raw` holds the body as received."""
-
-    raw: str
-    parsed: bool
-    choices: list[Choice] = field(default_factory=list)
-    usage: dict | None = None
-    error: str | None = None
-    attempts: int = 1
-
-    @property
-    def texts(self) -> list[str]:
-        return [c.text for c in self.choices]
-
-    @property
-    def completion_tokens(self) -> int | None:
-        value = (self.usage or {}).get("completion_tokens")
-        return value if isinstance(value, int) else None
 
 
 class OpenAIClient:
@@ -196,7 +160,7 @@ class OpenAIClient:
         if top_logprobs is not None:
             body.update(logprobs=True, top_logprobs=top_logprobs)
         body.update(extra_body or {})
-        return self._post("/chat/completions", body, _parse_chat, top_logprobs is not None, on_malformed)
+        return self._post("/chat/completions", body, parse_chat, top_logprobs is not None, on_malformed)
 
     def complete(self, prompt: str, *, n: int = 1, temperature: float | None = None, top_p: float | None = None,
                  max_tokens: int | None = None, seed: int | None = None, top_logprobs: int | None = None,
@@ -207,7 +171,7 @@ class OpenAIClient:
         if top_logprobs is not None:
             body["logprobs"] = top_logprobs
         body.update(extra_body or {})
-        return self._post("/completions", body, _parse_completion, top_logprobs is not None, on_malformed)
+        return self._post("/completions", body, parse_completion, top_logprobs is not None, on_malformed)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`[fn(x) for x in items]`, run concurrently (at most `max_concurrency` requests
@@ -279,9 +243,9 @@ class OpenAIClient:
             except httpx.TransportError as e:
                 if isinstance(e, httpx.ConnectError) and not endpoint.answered:
                     raise _EndpointDown(OpenAIError(
-                        f"cannot connect to {shown}: {self._scrub(_first_line(e))}; "
+                        f"cannot connect to {shown}: {self._scrub(first_line(e))}; "
                         f"is the server running, and is {self.url_key} right?", None, attempts)) from None
-                problem, status = f"connection failed ({type(e).__name__}: {self._scrub(_first_line(e))})", None
+                problem, status = f"connection failed ({type(e).__name__}: {self._scrub(first_line(e))})", None
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -316,7 +280,7 @@ class OpenAIClient:
             data = json.loads(text)
             choices, usage = parse(data, want_logprobs)
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            return Reply(raw=text, parsed=False, error=_malformed_reason(e), attempts=attempts)
+            return Reply(raw=text, parsed=False, error=malformed_reason(e), attempts=attempts)
         return Reply(raw=text, parsed=True, choices=choices, usage=usage, attempts=attempts)
 
     def _scrub(self, text: str) -> str:
@@ -422,74 +386,3 @@ def _read_key(env: str | None) -> str | None:
         raise ConfigError(f"api_key_env: environment variable {env!r} is not set (or empty); "
                           "export the key there, or set api_key_env to '' for a server without keys")
     return key
-
-
-class _Malformed(ValueError):
-    pass
-
-
-def _malformed_reason(e: Exception) -> str:
-    if isinstance(e, json.JSONDecodeError):
-        return f"invalid JSON: {e.msg} (character {e.pos})"
-    if isinstance(e, _Malformed):
-        return str(e)
-    if isinstance(e, KeyError):
-        return f"missing field {e.args[0]!r}"
-    return f"unexpected shape: {e}"
-
-
-def _choices(data) -> list[dict]:
-    if not isinstance(data, dict):
-        raise _Malformed(f"expected a JSON object, got {type(data).__name__}")
-    if "choices" not in data and isinstance(data.get("error"), (dict, str)):
-        error = data["error"]
-        raise _Malformed(f"the server reported an error: {error.get('message') if isinstance(error, dict) else error}")
-    choices = data["choices"]
-    if not isinstance(choices, list) or not choices:
-        raise _Malformed("'choices' is empty or not a list")
-    # Servers may answer the n choices out of order; `index` says which is which.
-    return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-
-
-def _usage(data: dict) -> dict | None:
-    usage = data.get("usage")
-    return usage if isinstance(usage, dict) else None
-
-
-def _parse_chat(data, want_logprobs: bool) -> tuple[list[Choice], dict | None]:
-    out = []
-    for c in _choices(data):
-        content = c["message"]["content"]
-        if not isinstance(content, str):
-            raise _Malformed(f"choice {c.get('index', 0)} has no text content (got {type(content).__name__})")
-        logprobs = None
-        if want_logprobs:
-            entries = (c.get("logprobs") or {}).get("content")
-            if isinstance(entries, list):
-                logprobs = [TokenLogprob(e["token"], float(e["logprob"]),
-                                         {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or []})
-                            for e in entries]
-        out.append(Choice(content, c.get("finish_reason"), logprobs))
-    return out, _usage(data)
-
-
-def _parse_completion(data, want_logprobs: bool) -> tuple[list[Choice], dict | None]:
-    out = []
-    for c in _choices(data):
-        text = c["text"]
-        if not isinstance(text, str):
-            raise _Malformed(f"choice {c.get('index', 0)} has no text (got {type(text).__name__})")
-        logprobs = None
-        if want_logprobs:
-            lp = c.get("logprobs")
-            if isinstance(lp, dict) and isinstance(lp.get("tokens"), list):
-                tops = lp.get("top_logprobs") or [{}] * len(lp["tokens"])
-                logprobs = [TokenLogprob(t, float(v), {k: float(x) for k, x in (top or {}).items()})
-                            for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
-        out.append(Choice(text, c.get("finish_reason"), logprobs))
-    return out, _usage(data)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

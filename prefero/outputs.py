@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from prefero.config import ConfigError
+from prefero.files import atomic_write_text
 
 MARKER = ".prefero-output"
 
@@ -55,6 +56,6 @@ def claim_output_dir(out: Path, command: str, clear: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         if owner(out) is None:
-            (out / MARKER).write_text(json.dumps({"command": command}) + "\n")
+            atomic_write_text(out / MARKER, json.dumps({"command": command}) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot create {out}: {e.strerror}") from None

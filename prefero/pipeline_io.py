@@ -45,26 +45,23 @@ their own (judge keeps its input rows' `index`) passes those ids to `finish(indi
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import statistics
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
-from prefero.data.formats import Text, Where, is_conversational, parse_pair
+from prefero.data.formats import Text, Where, is_conversational, parse_pair, prompt_messages, text_value
 from prefero.data.options import DataOptions
 from prefero.data.read import iter_rows
-from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder, writing
+from prefero.files import atomic_write_text, fsync_dir, remove_stale_temporaries, scrub_credentials, writing
+from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder
 
-__all__ = ["Prompt", "StageOutput", "atomic_write_json", "finite_mean", "finite_pstdev", "partial_paths",
-           "read_jsonl_rows", "read_prompts", "scrub_credentials"]
+__all__ = ["Prompt", "StageOutput", "partial_paths", "read_jsonl_rows", "read_prompts"]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -108,6 +105,7 @@ def read_prompts(path: str | os.PathLike, column: str = "prompt") -> list[Prompt
 
 
 def _record_prompt(record: dict, opts: DataOptions, where: Where) -> Text:
+    """The record's prompt, checked by the data layer's own rules (prefero.data.formats)."""
     column = opts.prompt_column
     value = record.get(column)
     if value is None:
@@ -115,38 +113,8 @@ def _record_prompt(record: dict, opts: DataOptions, where: Where) -> Text:
             return parse_pair(record, opts, where).prompt
         columns = ", ".join(sorted(map(str, record))) or "none"
         raise where.error(column, f"missing (the record has columns: {columns}); set prompt_column to the prompt's column")
-    if isinstance(value, str):
-        if not value.strip():
-            raise where.error(column, "empty (blank string)")
-        _check_unicode(value, column, where)
-        return value
-    if isinstance(value, list):
-        return _prompt_messages(value, column, where)
-    raise where.error(column, f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}")
-
-
-def _prompt_messages(messages: list, column: str, where: Where) -> list:
-    if not messages:
-        raise where.error(column, "expected a non-empty list of {role, content} messages, got an empty list")
-    for i, m in enumerate(messages, start=1):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise where.error(column, f"message {i} must be an object with role system/user/assistant/tool, got {m!r:.80}")
-        if not isinstance(m.get("content"), str):
-            raise where.error(column, f"message {i} content must be a string, got {type(m.get('content')).__name__}")
-        _check_unicode(m["content"], column, where)
-    if messages[-1]["role"] not in ("user", "tool"):
-        # the model answers the last turn: a prompt ending with the assistant has nothing to answer
-        raise where.error(column, f"a conversation prompt must end with a user turn, it ends with '{messages[-1]['role']}'")
-    if not any(m["content"].strip() for m in messages):
-        raise where.error(column, "empty (all messages are blank)")
-    return messages
-
-
-def _check_unicode(text: str, column: str, where: Where) -> None:
-    try:
-        text.encode("utf-8")  # JSON can spell lone surrogates no tokenizer can encode
-    except UnicodeEncodeError as e:
-        raise where.error(column, f"invalid Unicode (lone surrogate at character {e.start})") from None
+    text = text_value(value, column, where)
+    return text if isinstance(text, str) else prompt_messages(text, column, where)
 
 
 # --------------------------------------------------------------------------- stage output
@@ -418,7 +386,7 @@ class StageOutput:
             for f in handles.values():
                 f.close()
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.output.parent)
+        fsync_dir(self.output.parent)
         for path in partial_paths(self.output):
             path.unlink()
         self._remove_markers()
@@ -465,147 +433,3 @@ class StageOutput:
 def _ranges(indices: list[int]) -> str:
     shown = ", ".join(map(str, sorted(indices)[:10]))
     return f"[{shown}{', ...' if len(indices) > 10 else ''}] ({len(indices)} in all)"
-
-
-def remove_stale_temporaries(path: str | os.PathLike) -> None:
-    """Remove `.NAME.tmp-PID` files beside `path` left by a process that was killed before it
-    could remove its own (a running process's PID is left alone)."""
-    path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name}.tmp-") + r"(\d+)")
-    try:
-        names = os.listdir(path.parent if str(path.parent) else ".")
-    except FileNotFoundError:
-        return
-    for tmp in [path.parent / n for n in names if pattern.fullmatch(n)]:
-        pid = int(pattern.fullmatch(tmp.name).group(1))
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive, another user's: not ours to remove
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path next to `path`, moved onto `path` when the block succeeds and removed
-    when it fails: a reader sees the old file or the new one, never half of one. (Plain
-    `open`, not mkstemp, whose 0600 mode would survive the rename.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """`text` to `path` atomically, on disk before the rename."""
-    with writing(path, "the earlier file, if any, is unchanged"), atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    # the rename itself must reach the disk, or a crash can bring the old name back
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform/filesystem
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: str | os.PathLike, value) -> None:
-    """Write a JSON document (a stage's report, a run's settings) atomically: URLs without
-    their credentials, and strict JSON (a NaN or an infinity is a bug to name, not a token
-    that other JSON readers refuse)."""
-    bad = _non_finite(value)
-    if bad is not None:
-        raise ValueError(f"{path}: {bad[0]} is {bad[1]}; a report holds finite numbers only")
-    atomic_write_text(Path(path), json.dumps(scrub_credentials(value), indent=2, ensure_ascii=False,
-                                             allow_nan=False) + "\n")
-
-
-def _non_finite(value, where: str = "the value") -> tuple[str, float] | None:
-    """(where, number) of the first NaN or infinity inside `value`, else None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (where, value)
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return None
-    for k, v in items:
-        found = _non_finite(v, f"{where}[{k!r}]" if where != "the value" else repr(k))
-        if found is not None:
-            return found
-    return None
-
-
-# --------------------------------------------------------------------------- credentials
-
-# scheme://user:password@host -> scheme://host (any scheme; the userinfo part ends at the first '@'
-# before the path, and may not contain '/', whitespace or quotes)
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@\"'<>]+@")
-
-
-def scrub_credentials(value):
-    """`value` (a string, or lists/dicts of them, keys included) with the user:password@
-    part of every URL removed: what a run records about a server must not hold its
-    password. Everything else is returned unchanged."""
-    if isinstance(value, str):
-        return _USERINFO.sub(r"\1", value) if "@" in value else value
-    if isinstance(value, dict):
-        return {scrub_credentials(k): scrub_credentials(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_credentials(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------- report statistics
-
-
-def finite_mean(values) -> float | None:
-    """The mean of finite floats without overflow (±1e308 twice has a mean, not inf); None
-    for no values."""
-    values = list(values)
-    if not values:
-        return None
-    try:
-        return statistics.fmean(values)
-    except OverflowError:  # fsum's intermediate overflow: the scaled sum's partials stay below max |v|
-        return math.fsum(v / len(values) for v in values)
-
-
-def finite_pstdev(values) -> float | None:
-    """The population standard deviation, computed on values scaled into [-1, 1] so that
-    squaring ±1e308 cannot overflow; None for no values."""
-    values = list(values)
-    if not values:
-        return None
-    try:
-        std = statistics.pstdev(values)
-        if math.isfinite(std):
-            return std
-    except OverflowError:
-        pass
-    scale = max(abs(v) for v in values)
-    return scale * statistics.pstdev([v / scale for v in values])
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write rows as JSON lines atomically (a stage's finished file)."""
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -24,11 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefero.config import ConfigError, _f
+from prefero.config import ConfigError, option
 from prefero.data import load_pairs
+from prefero.files import atomic_write_text
+from prefero.log import get_logger
 from prefero.loop import data_options
 from prefero.reward_model import HeadConfig, RewardTrainer
 from prefero.scoring import PAIRWISE_MODEL_FILE, pairwise_group, pairwise_logits
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -36,7 +40,7 @@ class PreferenceModelConfig(HeadConfig):
     """Everything `prefero pm` reads: the loop's keys, the model, the pairs. max_length holds
     the prompt and both candidates; each candidate keeps half the room the prompt leaves."""
 
-    output_dir: str = _f("runs/prefero-pm", "where metrics, data report and the preference model go")
+    output_dir: str = option("runs/prefero-pm", "where metrics, data report and the preference model go")
 
 
 @dataclass
@@ -83,13 +87,13 @@ class PreferenceModelTrainer(RewardTrainer):
     def log(self, metrics: dict, split: str = "train") -> None:
         super(RewardTrainer, self).log(metrics, split)
         if split == "eval" and self.accelerator.is_main_process:
-            print(f"eval step {self.step}: pairwise accuracy {metrics['accuracy']:.3f}  loss {metrics['loss']:.4f}  "
-                  f"mean P(chosen ≻ rejected) {metrics['p_chosen']:.3f}", flush=True)
+            log.info(f"eval step {self.step}: pairwise accuracy {metrics['accuracy']:.3f}  loss {metrics['loss']:.4f}  "
+                     f"mean P(chosen ≻ rejected) {metrics['p_chosen']:.3f}")
 
     def save(self) -> None:
         super().save()
         if self.accelerator.is_main_process:
-            (self.out / PAIRWISE_MODEL_FILE).write_text(json.dumps({
+            atomic_write_text(self.out / PAIRWISE_MODEL_FILE, json.dumps({
                 "kind": "pairwise preference model",
                 "reads": "prompt, then candidate A, then candidate B, each ending with its stop token",
                 "probability": "P(A ≻ B) = sigmoid(s(A ⊕ B) − s(B ⊕ A)), s = the classifier's one output",

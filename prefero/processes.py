@@ -15,6 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from prefero.log import get_logger
+
+log = get_logger(__name__)
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -39,7 +43,7 @@ class Processes:
         """A line on stdout from process 0 only (one per run, not one per process); stderr
         stays for the one line of an error."""
         if self.main:
-            print(line, flush=True)
+            log.info(line)
 
     def describe(self) -> str:
         """'1 process' / '2 processes' and where they compute, for a run's first line."""

@@ -1,5 +1,5 @@
 """Reference log-probs: computed once, cached on disk, so DPO-family training holds no
-reference model (SPEC §6).
+reference model (README.md#how-it-is-fast-and-lean).
 
 The cache key covers everything the numbers depend on: the tokenized data (which
 fingerprints the file, the column mapping, chat template and truncation settings), the
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prefero.batching import pack_groups
+from prefero.files import atomic_path
 from prefero.logprobs import CompletionLogProbs
 
 ENGINE_VERSION = "2"  # bump when the log-prob computation changes numerically
@@ -109,8 +110,9 @@ def load_cached(cache_dir: Path, key: str) -> Tensor | None:
 def store_cached(cache_dir: Path, key: str, logps: Tensor, parts: dict) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.safetensors"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     meta = {"key_parts": json.dumps({k: v for k, v in parts.items() if k != "data"}), "data": parts["data"]}
-    save_file({"logps": logps.contiguous()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"logps": logps.contiguous()}, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # on disk before the rename, as every prefero file
     return path

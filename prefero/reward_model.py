@@ -20,29 +20,33 @@ import torch
 from torch import Tensor, nn
 
 from prefero.batching import PackedBatch, pack_groups, pair_groups
-from prefero.config import ConfigError, LoopConfig, LoraConfig, _f
+from prefero.config import ConfigError, LoopConfig, LoraConfig, option
 from prefero.data import DataError, DataReport, load_pairs
 from prefero.data.limits import check_run_lengths
 from prefero.data.read import iter_rows
-from prefero.losses import bradley_terry
+from prefero.log import get_logger
 from prefero.loop import Loop, data_options
+from prefero.losses import bradley_terry
 from prefero.model import apply_lora, load_tokenizer
+
 # Scoring lives in prefero.scoring (judges use it without the training loop); these names
 # stay importable from here.
 from prefero.scoring import load_reward_model, score, score_index, sequence_scores  # noqa: F401
+
+log = get_logger(__name__)
 
 
 @dataclass
 class HeadConfig(LoopConfig):
     """The loop's keys for a scalar head on a causal LM (`prefero rm`, `prefero pm`)."""
 
-    model: str = _f("", "base model: any causal LM (hub id or local directory); a fresh scalar head is added")
-    train_data: str = _f("", "preference pairs (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
-    eval_data: str | None = _f(None, "held-out pairs; pairwise accuracy is printed and logged")
-    output_dir: str = _f("runs/prefero-rm", "where metrics, data report and the model go")
-    learning_rate: float = _f(1e-5, "peak AdamW learning rate", gt=0)
-    warmup_ratio: float = _f(0.03, "fraction of the steps spent warming up linearly", ge=0, lt=1)
-    lora: LoraConfig | None = _f(
+    model: str = option("", "base model: any causal LM (hub id or local directory); a fresh scalar head is added")
+    train_data: str = option("", "preference pairs (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name")
+    eval_data: str | None = option(None, "held-out pairs; pairwise accuracy is printed and logged")
+    output_dir: str = option("runs/prefero-rm", "where metrics, data report and the model go")
+    learning_rate: float = option(1e-5, "peak AdamW learning rate", gt=0)
+    warmup_ratio: float = option(0.03, "fraction of the steps spent warming up linearly", ge=0, lt=1)
+    lora: LoraConfig | None = option(
         None, "LoRA adapter block (r, alpha, dropout, target_modules, merge); the head trains fully")
 
 
@@ -50,8 +54,8 @@ class HeadConfig(LoopConfig):
 class RewardConfig(HeadConfig):
     """Everything `prefero rm` reads: the loop's keys, then the Bradley–Terry options."""
 
-    margin_column: str | None = _f(None, "column with a per-pair margin m (a number); none = m=0")
-    center_weight: float = _f(0.0, "c: weight of the centering term c·(r_w + r_l)²", ge=0)
+    margin_column: str | None = option(None, "column with a per-pair margin m (a number); none = m=0")
+    center_weight: float = option(0.0, "c: weight of the centering term c·(r_w + r_l)²", ge=0)
 
     def validate(self) -> "RewardConfig":
         super().validate()
@@ -187,8 +191,8 @@ class RewardTrainer(Loop):
     def log(self, metrics: dict, split: str = "train") -> None:
         super().log(metrics, split)
         if split == "eval" and self.accelerator.is_main_process:
-            print(f"eval step {self.step}: accuracy {metrics['accuracy']:.3f}  loss {metrics['loss']:.4f}  "
-                  f"margin {metrics['rewards/margins']:.3f}", flush=True)
+            log.info(f"eval step {self.step}: accuracy {metrics['accuracy']:.3f}  loss {metrics['loss']:.4f}  "
+                     f"margin {metrics['rewards/margins']:.3f}")
 
 
 def train_reward_model(cfg: RewardConfig) -> dict:

@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 from prefero.batching import PackedBatch, pack_groups
 from prefero.config import ConfigError
-from prefero.data.formats import Where, _completion_messages, _prompt_messages, _text, is_conversational
+from prefero.data.formats import Where, completion_messages, is_conversational, prompt_messages, text_value
 from prefero.data.tokenize import Encoder
+from prefero.errors import first_line
 from prefero.logprobs import unwrap_causal_lm
-from prefero.model import _first_line, check_model_source, resolve_attention
+from prefero.model import check_model_source, resolve_attention
 
 
 def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dtype=torch.float32,
@@ -52,7 +53,7 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
             use_safetensors=True, attn_implementation=impl, output_loading_info=True, **extra,
         )
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load a reward model from {name!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load a reward model from {name!r}: {first_line(e)}") from None
     model, info = model
     missing = sorted(info.get("missing_keys") or [])
     if trained and missing:
@@ -166,12 +167,12 @@ def encode_group(encoder: Encoder, prompt, completions: Sequence, where: Where,
     then each completion's; unlike training data, a blank completion is allowed), all turned into messages when any is a message list, tokenized
     apart, each completion ending with its stop token unless `cut[k]` says it was cut at the
     token limit (it is scored as generated, with no stop token it never produced). Cut them with `prefero.data.tokenize.truncate`."""
-    prompt = _text(prompt, fields[0], where)
+    prompt = text_value(prompt, fields[0], where)
     # a blank string is a completion too (the policy said nothing): it is scored on its EOS
-    texts = [c if isinstance(c, str) else _text(c, f, where) for c, f in zip(completions, fields[1:])]
+    texts = [c if isinstance(c, str) else text_value(c, f, where) for c, f in zip(completions, fields[1:])]
     if is_conversational(prompt) or any(is_conversational(t) for t in texts):
-        prompt = _prompt_messages(prompt, fields[0], where)
-        texts = [_completion_messages(t, f, where) for t, f in zip(texts, fields[1:])]
+        prompt = prompt_messages(prompt, fields[0], where)
+        texts = [completion_messages(t, f, where) for t, f in zip(texts, fields[1:])]
     return encoder.encode(prompt, list(zip(fields[1:], texts)), where, cut)
 
 

@@ -22,29 +22,26 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from prefero.config import ConfigError
+from prefero.log import get_logger
+
+log = get_logger(__name__)
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; outputs are then not locked
     fcntl = None
 
-__all__ = ["OutputBusy", "OutputLock", "WriteFailed", "check_output_dir_path", "check_output_file",
-           "describe_changes", "make_folder", "rows_sha256", "writing"]
+__all__ = ["OutputBusy", "OutputLock", "check_output_dir_path", "check_output_file", "describe_changes",
+           "make_folder", "rows_sha256"]
 
 
 class OutputBusy(ConfigError):
     """Another run holds the output's lock."""
-
-
-class WriteFailed(RuntimeError):
-    """A write failed for a reason outside prefero (a full disk, a read-only filesystem)."""
 
 
 # --------------------------------------------------------------------------- locks
@@ -95,8 +92,8 @@ class OutputLock:
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
                     # a filesystem without locks (some network mounts): run, but say what is not guarded
-                    print(f"prefero: warning: cannot lock {self.path} ({e.strerror}); a second run on "
-                          f"{self.target} would not be stopped", file=sys.stderr)
+                    log.warning(f"cannot lock {self.path} ({e.strerror}); a second run on {self.target} "
+                                "would not be stopped")
                     return
                 raise OutputBusy(f"{self.key} {self.target} is being written by another prefero run ({holder}); "
                                  f"wait for it to end or stop it (its lock: {self.path})") from None
@@ -195,22 +192,6 @@ def make_folder(folder: str | os.PathLike, key: str, target: str | os.PathLike) 
 
 
 # --------------------------------------------------------------------------- writes
-
-
-@contextmanager
-def writing(path: str | os.PathLike, after: str = "rerun when there is space") -> Iterator[None]:
-    """Turn an OS refusal to write `path` into one line: a full disk (or quota) says `after`
-    (what is kept, how to go on); another refusal (read-only filesystem, permissions) names it."""
-    try:
-        yield
-    except OSError as e:
-        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) or e.errno is None:
-            raise
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise WriteFailed(f"disk full while writing {path}; {after}") from None
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG):
-            raise WriteFailed(f"cannot write {path}: {e.strerror}; {after}") from None
-        raise
 
 
 # --------------------------------------------------------------------------- fingerprints

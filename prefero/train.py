@@ -105,7 +105,7 @@ def loss_stats(spec: LossSpec, ds: Dataset, idx: list[int], sums: Tensor, length
 
 
 def summarize(spec: LossSpec, rows: list[dict], gather=lambda t: t) -> dict:
-    """Step or eval metrics (SPEC §2) from per-example tensors, gathered over processes."""
+    """Step or eval metrics (README.md#losses) from per-example tensors, gathered over processes."""
 
     def cat(key):
         parts = [r[key] for r in rows if r.get(key) is not None]

@@ -290,6 +290,7 @@ def test_wrong_lora_name_lists_conv1d_layers(tiny_tokenizer):
         apply_lora(model, LoraConfig(target_modules=["c_atn"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gemma2"])
 def test_readme_train_command_with_default_lora(family, family_dirs, tmp_path):
     """The README's command line on a family other than Llama: one DPO step with LoRA."""

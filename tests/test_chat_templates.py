@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 import torch
-from chat_templates import FAMILIES, QWEN_DEFAULT_SYSTEM, build_family_tokenizer
 
+from chat_templates import FAMILIES, QWEN_DEFAULT_SYSTEM, build_family_tokenizer
 from jsonl_files import read_jsonl, write_jsonl
 from prefero.cli import main
 from prefero.data import DataError, DataOptions, load_pairs

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from prefero.config import TrainConfig, field_docs
 from prefero.demo import asset
 
@@ -13,6 +15,7 @@ def prefero(*args, cwd=None):
                           capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_help_lists_every_option_with_default():
     r = prefero("train", "--help")
     assert r.returncode == 0
@@ -24,6 +27,7 @@ def test_help_lists_every_option_with_default():
     assert top.returncode == 0 and "train" in top.stdout and "demo" in top.stdout
 
 
+@pytest.mark.slow
 def test_config_typo_is_an_error_with_suggestion(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: x\ntrain_data: y\nlerning_rate: 1e-6\n")
@@ -35,6 +39,7 @@ def test_config_typo_is_an_error_with_suggestion(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_data_names_file_row_field(tiny_model_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": 3, "rejected": "c"}]
@@ -46,6 +51,7 @@ def test_bad_data_names_file_row_field(tiny_model_dir, tmp_path):
     assert str(data) in line and "row 2" in line and "chosen" in line
 
 
+@pytest.mark.slow
 def test_train_end_to_end(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "simpo.yaml"
@@ -63,6 +69,7 @@ def test_train_end_to_end(tiny_model_dir, tmp_path):
     assert r.returncode == 2 and "overwrite=true" in r.stderr
 
 
+@pytest.mark.slow
 def test_walkthrough_of_bad_inputs_has_no_traceback(tiny_model_dir, tmp_path):
     """Bad numbers, a wrong model path, a misspelled LoRA module: one line, exit 2."""
     base = [f"model={tiny_model_dir}", f"train_data={asset('demo_train.jsonl')}", f"output_dir={tmp_path / 'o'}",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from prefero.config import ConfigError, _f, load_config, option_lines
+from prefero.config import ConfigError, load_config, option, option_lines
 from prefero.train import TrainConfig
 
 BASE = ["model=m", "train_data=d.jsonl"]
@@ -60,19 +60,19 @@ def test_valid_edges_are_accepted():
 
 @dataclass
 class Leaf:
-    x: int = _f(1, "a number", ge=0)
+    x: int = option(1, "a number", ge=0)
 
 
 @dataclass
 class Inner:
-    leaf: Leaf = _f(None, "a nested block")
-    name: str = _f("a", "a word")
+    leaf: Leaf = option(None, "a nested block")
+    name: str = option("a", "a word")
 
 
 @dataclass
 class Outer:
-    inner: Inner | None = _f(None, "a block of blocks")
-    top: float = _f(0.5, "a fraction", ge=0, le=1)
+    inner: Inner | None = option(None, "a block of blocks")
+    top: float = option(0.5, "a fraction", ge=0, le=1)
 
 
 def test_nested_blocks_and_dotted_overrides_at_any_depth(tmp_path):

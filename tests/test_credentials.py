@@ -1,4 +1,4 @@
-"""No password of a URL is written anywhere (SPEC §7): `judge.base_url` with user:password@
+"""No password of a URL is written anywhere (README.md#checkpoints-resume-safety): `judge.base_url` with user:password@
 runs `prefero judge` (finished, and failed with its partial files left), `prefero eval` and
 `prefero selfplay` against the real local test server, then every file under the output
 directories is searched for the password, byte for byte."""
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from openai_server import FakeOpenAIServer
 
 from jsonl_files import write_jsonl
+from openai_server import FakeOpenAIServer
 from prefero.cli import main
-from prefero.pipeline_io import scrub_credentials
+from prefero.files import scrub_credentials
 
 PASSWORD = "hunter2-Zq9"
 

@@ -1,7 +1,7 @@
 """Property: whatever bytes or records arrive, the data layer fails only with DataError.
 
 Anything else (KeyError, TypeError, a tokenizer panic) would reach the user as a stack
-trace without the file/row/field they need, which SPEC §4 rules out.
+trace without the file/row/field they need, which README.md#data rules out.
 """
 
 import json

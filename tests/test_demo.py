@@ -15,8 +15,8 @@ from prefero.data import DataError
 from prefero.demo import DemoConfig, asset
 from prefero.demo.task import (
     BREAKS_RULES,
-    COUNTS,
     CORRECT,
+    COUNTS,
     DEMO_ACCURACY,
     EVAL_PROMPT_FILES,
     JUDGE_FUNCTION,
@@ -35,6 +35,8 @@ from prefero.demo.task import (
     task_accuracy,
     task_files,
 )
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 SEA4 = "Write 4 words about the sea."
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import launching
 import pytest
 import torch
 
+import launching
 from prefero.demo import asset
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 FSDP = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
         "--fsdp_reshard_after_forward", "true"]

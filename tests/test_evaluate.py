@@ -26,7 +26,6 @@ from prefero.evaluate import (
     win_rate,
     write_report,
 )
-from prefero.pipeline_io import atomic_path, atomic_write_text
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.metrics import (
     _sigmoid,
@@ -48,6 +47,7 @@ from prefero.evaluate.plots import (
     splits,
 )
 from prefero.evaluate.report import pick_examples, render_markdown
+from prefero.files import atomic_path, atomic_write_text
 
 EXACT = 1e-12  # float64 sums of ≤ a few hundred O(1) terms
 PNG = b"\x89PNG\r\n\x1a\n"

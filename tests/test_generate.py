@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from openai_server import FakeOpenAIServer
 
 from jsonl_files import write_jsonl
 from launching import ONE_THREAD_ENV, launch
+from openai_server import FakeOpenAIServer
+from prefero.cli import main
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError
-from prefero.openai_client import OpenAIError
-from prefero.cli import main
 from prefero.generate import GenerateConfig, report_path, run_generate
 from prefero.generate.prompts import batch_seed, encode_prompt, model_prompt, prompt_seed, prompts_sha256
 from prefero.generate.transformers_backend import TransformersSampler, completion_ids, left_pad
+from prefero.openai_client import OpenAIError
 from prefero.pipeline_io import StageOutput, partial_paths, read_jsonl_rows, read_prompts
 from prefero.tiny import demo_records
 
@@ -110,6 +110,7 @@ def test_seeds_depend_on_position_only():
     assert len({batch_seed(s, b) for s in range(20) for b in range(20)}) == 400
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_file(reference, tiny_model_dir, prompts_file, tmp_path):
     """accelerate launch, 2 processes (gloo on CPU): batches 0, 2 on one, 1 on the other."""
     ref, _ = reference
@@ -127,6 +128,7 @@ def test_two_processes_give_the_one_process_file(reference, tiny_model_dir, prom
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_bytes(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "many.jsonl", prompt_rows(24))
     args = ["num_completions=2", "max_new_tokens=32", "batch_size=2"]

@@ -20,12 +20,19 @@ import pytest
 import torch
 
 from jsonl_files import write_jsonl
+from prefero.cli import main
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError, DataOptions, load_pairs
 from prefero.data.formats import Where
-from prefero.cli import main
 from prefero.judges import (
-    Item, JudgeError, build_judge, compare_by_scores, ordered, pairwise_matrices, sigmoid, win_rates,
+    Item,
+    JudgeError,
+    build_judge,
+    compare_by_scores,
+    ordered,
+    pairwise_matrices,
+    sigmoid,
+    win_rates,
 )
 from prefero.judges.callable import CallableJudge, load_function
 from prefero.judges.config import JudgeConfig, JudgeRunConfig, check_template
@@ -497,6 +504,7 @@ def test_config_errors_name_the_key(tmp_path):
     check_template("{prompt} {{literal}} {completion}", {"prompt", "completion"}, "k")  # braces escaped: fine
 
 
+@pytest.mark.slow
 def test_judges_do_not_import_the_training_loop():
     code = ("import sys, prefero.judges.run, prefero.judges.llm, prefero.judges.reward_model, prefero.judges.openai, "
             "prefero.judges.callable, prefero.label; "

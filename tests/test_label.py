@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from jsonl_files import write_jsonl, read_jsonl
+from jsonl_files import read_jsonl, write_jsonl
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError, load_pairs
 from prefero.data.formats import Dropped

@@ -10,8 +10,8 @@ import time
 from email.utils import formatdate
 
 import pytest
-from openai_server import FakeOpenAIServer
 
+from openai_server import FakeOpenAIServer
 from prefero.config import ConfigError
 from prefero.openai_client import OpenAIClient, OpenAIError, parse_retry_after, retry_delay
 

@@ -133,6 +133,7 @@ def test_openai_unreachable_is_one_line_with_the_judge_exit_code(server, tmp_pat
     assert code == EXIT_JUDGE == 3 and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_too_many_unreadable_answers_fail_the_run_quoting_one(server, tmp_path, capsys):
     """A server that answers in sentences: over judge.max_unparseable the run fails at the
     batch that passes it, before saving that batch, quoting a reply; under it, nulls are
@@ -168,7 +169,7 @@ def test_too_many_unreadable_answers_fail_the_run_quoting_one(server, tmp_path, 
 
 
 def test_probs_from_logprobs_skips_formatting_tokens():
-    from prefero.openai_client import TokenLogprob
+    from prefero.openai_replies import TokenLogprob
 
     tokens = [TokenLogprob("**", -0.1, {"**": -0.1}), TokenLogprob("B", math.log(0.6), {"B": math.log(0.6), " A": math.log(0.2)})]
     assert probs_from_logprobs(tokens, ["A", "B"]) == pytest.approx([0.25, 0.75], rel=1e-12)

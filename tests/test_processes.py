@@ -17,8 +17,7 @@ from launching import launch
 from prefero.cli import main
 from prefero.tiny import demo_records, save_tiny_scorer
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # slow: see pyproject.toml
 
 
 @pytest.fixture(scope="module")

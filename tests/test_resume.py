@@ -52,6 +52,7 @@ def run_cli(argv, kill_at_step=None):
     return subprocess.run([sys.executable, "-c", code, "train", *argv], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = run_cli(args(tiny_model_dir, full))

@@ -20,18 +20,24 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from openai_server import FakeOpenAIServer
 
 from jsonl_files import write_jsonl
+from openai_server import FakeOpenAIServer
+from prefero.cli import main
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError, load_examples, load_pairs
 from prefero.generate.prompts import prompt_seed
 from prefero.generate.sampler import Sample
 from prefero.model import load_tokenizer
 from prefero.pipeline_io import partial_paths
-from prefero.revise import (ReviseConfig, default_constitution_path, derive_rows, draw_principle,
-                            load_constitution, run_revise)
-from prefero.cli import main
+from prefero.revise import (
+    ReviseConfig,
+    default_constitution_path,
+    derive_rows,
+    draw_principle,
+    load_constitution,
+    run_revise,
+)
 from prefero.revise.config import STRIDE
 from prefero.tiny import demo_records
 
@@ -297,6 +303,7 @@ def test_derive_rows_worked_example():
         [(False, False), (True, False), (False, True)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_files(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "many.jsonl", prompt_rows(12))
     args = ["rounds=1", "generation.batch_size=2", "generation.max_new_tokens=16"]

@@ -2,8 +2,8 @@
 numbers, learning the demo task, save/load round trip, LoRA, the `prefero rm` command."""
 
 import json
-import re
 import math
+import re
 import subprocess
 import sys
 
@@ -18,7 +18,12 @@ from prefero.data import DataError, DataOptions, load_pairs
 from prefero.demo import asset
 from prefero.model import load_tokenizer
 from prefero.reward_model import (
-    RewardConfig, RewardTrainer, load_reward_model, score, score_index, sequence_scores,
+    RewardConfig,
+    RewardTrainer,
+    load_reward_model,
+    score,
+    score_index,
+    sequence_scores,
 )
 
 
@@ -256,6 +261,7 @@ def prefero(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_rm_end_to_end(tiny_model_dir, tmp_path):
     out = tmp_path / "rm"
     cfg = tmp_path / "rm.yaml"

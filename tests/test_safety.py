@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from prefero.config import load_config
 from prefero.demo import asset
 from prefero.train import Trainer
@@ -39,6 +41,7 @@ def test_remote_code_only_when_asked(tiny_model_dir, tmp_path, monkeypatch):
     assert seen and all(trust is True for _, trust, _ in seen)
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_logs_or_outputs(tiny_model_dir, tmp_path):
     secret = "hf_SECRETTOKEN1234567890"
     env = {"HF_TOKEN": secret, "OPENAI_API_KEY": secret, "PATH": "/usr/bin:/bin"}
@@ -60,6 +63,7 @@ def test_outputs_are_safetensors_only(tiny_model_dir, tmp_path):
     assert (out / "checkpoints" / "step-1" / "trainable.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_skipped_bad_records_are_counted_in_the_report(tiny_model_dir, tmp_path):
     data = tmp_path / "mixed.jsonl"
     good = [json.loads(x) for x in open(asset("demo_train.jsonl"))][:10]

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from jsonl_files import write_jsonl, read_jsonl
+from jsonl_files import read_jsonl, write_jsonl
 from prefero.config import ConfigError, load_config
 from prefero.data import DataError
 from prefero.label import choose_pair
 from prefero.selfplay import SelfPlayConfig, run_selfplay
 from prefero.selfplay import run as sp_run
 from prefero.selfplay.config import EvalBlock, SamplingBlock, TrainBlock
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 STAGE_FUNCTIONS = ("run_generate", "run_judge", "run_label", "train", "run_eval")
 POOL = [f"Tell me about {t}." for t in ("the ocean", "a volcano", "the moon", "a forest", "the desert", "a river")]

@@ -120,6 +120,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_fails_at_once_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path, capsys,
                                                                                          tiny_model_dir):
     src = judged_input(tmp_path / "gen.jsonl")

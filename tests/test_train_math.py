@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from prefero.config import load_config
 from prefero.demo import asset
-from prefero.loop import make_optimizer, step_order
+from prefero.loop import step_order
 from prefero.losses import PairStats, cpo, orpo, sft
+from prefero.optim import make_optimizer
 from prefero.train import Trainer, kl_partners
 
 EPS = torch.finfo(torch.float32).eps

@@ -1,4 +1,4 @@
-"""Reading, validating and tokenizing preference, SFT and unpaired data (SPEC §4).
+"""Reading, validating and tokenizing preference, SFT and unpaired data (README.md#data).
 
     pairs, report = load_pairs("prefs.jsonl", tokenizer, DataOptions(max_length=1024))
     report.write("out/data_report.json")

@@ -1,15 +1,17 @@
 """The one exception the data layer raises for bad input.
 
 A malformed record must be a clear, one-line error that tells the user where to look
-(SPEC §4: "names file, row and field"), so every check in `prefero.data` raises a
+(README.md#data: "names file, row and field"), so every check in `prefero.data` raises a
 `DataError` built from the record's location instead of a bare KeyError/TypeError
 from deep inside a tokenizer.
 """
 
 from __future__ import annotations
 
+from prefero.errors import PreferoError
 
-class DataError(ValueError):
+
+class DataError(PreferoError, ValueError):
     """A problem with the input data: `FILE: row N, field 'F': what is wrong`.
 
     `row` is 1-based (the line number for .jsonl files, the record index otherwise) and
@@ -20,6 +22,8 @@ class DataError(ValueError):
     cannot be read, the tokenizer has no chat template): skipping would drop every
     record and leave the user with an empty dataset instead of an explanation.
     """
+
+    exit_code = 2
 
     def __init__(
         self,

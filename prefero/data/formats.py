@@ -1,4 +1,4 @@
-"""Record shapes (SPEC §4): detect each record's shape, validate it, normalize it.
+"""Record shapes (README.md#data): detect each record's shape, validate it, normalize it.
 
 Every shape becomes a `RawPair` or `RawExample` whose texts are either all plain
 strings or all message lists (conversational), so tokenization has only two cases.
@@ -24,7 +24,7 @@ Shapes for pairs:
   All scores equal -> dropped as "tied_scores".
 - win probabilities: any pair shape plus {p_chosen, p_rejected} floats in [0, 1].
 
-Completions cut at generation's token limit (SPEC §4: a cut answer is not a finished one)
+Completions cut at generation's token limit (README.md#data: a cut answer is not a finished one)
 are marked, never guessed: `chosen_truncated` / `rejected_truncated` (pairs, SPPO rows)
 and `completion_truncated` (unpaired, SFT rows) are optional booleans the label stage
 writes; a scored record may carry generate's `finish_reasons` ("length" = cut). A
@@ -109,8 +109,8 @@ def parse_pair(record: dict, opts: DataOptions, where: Where) -> RawPair:
                 if _present(record, opts.completion_column):
                     hint = "; this looks like an unpaired (prompt, completion, label) record: train it with loss=kto (unpaired) or loss=sft"
                 raise where.error(column, f"missing (expected {{prompt, chosen, rejected}} or {{prompt, completions, scores}}){hint}")
-        chosen = _text(record[opts.chosen_column], opts.chosen_column, where)
-        rejected = _text(record[opts.rejected_column], opts.rejected_column, where)
+        chosen = text_value(record[opts.chosen_column], opts.chosen_column, where)
+        rejected = text_value(record[opts.rejected_column], opts.rejected_column, where)
         if chosen == rejected:
             raise where.error(opts.chosen_column, f"identical to '{opts.rejected_column}'")
         has_prompt = _present(record, opts.prompt_column)
@@ -120,7 +120,7 @@ def parse_pair(record: dict, opts: DataOptions, where: Where) -> RawPair:
         elif not has_prompt:
             pair = _implicit_string_pair(chosen, rejected, opts, where)
         else:
-            prompt = _text(record[opts.prompt_column], opts.prompt_column, where)
+            prompt = text_value(record[opts.prompt_column], opts.prompt_column, where)
             pair = _normalize_pair(prompt, chosen, rejected, opts, where)
         pair.chosen_cut = cut_flag(record, CUT_FIELDS["chosen"], where)
         pair.rejected_cut = cut_flag(record, CUT_FIELDS["rejected"], where)
@@ -157,9 +157,9 @@ def _finish_reasons(record: dict, n: int, where: Where) -> list[bool]:
 
 def _normalize_pair(prompt: Text, chosen: Text, rejected: Text, opts: DataOptions, where: Where) -> RawPair:
     if any(is_conversational(t) for t in (prompt, chosen, rejected)):
-        prompt = _prompt_messages(prompt, opts.prompt_column, where)
-        chosen = _completion_messages(chosen, opts.chosen_column, where)
-        rejected = _completion_messages(rejected, opts.rejected_column, where)
+        prompt = prompt_messages(prompt, opts.prompt_column, where)
+        chosen = completion_messages(chosen, opts.chosen_column, where)
+        rejected = completion_messages(rejected, opts.rejected_column, where)
         if chosen == rejected:
             raise where.error(opts.chosen_column, f"identical to '{opts.rejected_column}'")
     return RawPair(prompt, chosen, rejected)
@@ -214,13 +214,13 @@ def _implicit_string_pair(chosen: Text, rejected: Text, opts: DataOptions, where
 
 def _scored_pair(record: dict, opts: DataOptions, where: Where) -> RawPair:
     c_col, s_col = opts.completions_column, opts.scores_column
-    prompt = _text(_required(record, opts.prompt_column, where), opts.prompt_column, where)
+    prompt = text_value(_required(record, opts.prompt_column, where), opts.prompt_column, where)
     completions = record[c_col]
     if not isinstance(completions, list):
         raise where.error(c_col, f"expected a list of completions, got {_type(completions)}")
     if len(completions) < 2:
         raise where.error(c_col, f"needs at least 2 completions to form a pair, got {len(completions)}")
-    completions = [_text(c, f"{c_col}[{i}]", where) for i, c in enumerate(completions)]
+    completions = [text_value(c, f"{c_col}[{i}]", where) for i, c in enumerate(completions)]
     scores = _required(record, s_col, where)
     if not isinstance(scores, list):
         raise where.error(s_col, f"expected a list of numbers, got {_type(scores)}")
@@ -284,11 +284,11 @@ def parse_examples(record: dict, opts: DataOptions, kind: str, where: Where) -> 
     if _present(record, opts.messages_column):
         prompt, completion = _split_messages(record[opts.messages_column], opts, where)
     elif _present(record, opts.completion_column):
-        prompt = _text(_required(record, opts.prompt_column, where), opts.prompt_column, where)
-        completion = _text(record[opts.completion_column], opts.completion_column, where)
+        prompt = text_value(_required(record, opts.prompt_column, where), opts.prompt_column, where)
+        completion = text_value(record[opts.completion_column], opts.completion_column, where)
         if is_conversational(prompt) or is_conversational(completion):
-            prompt = _prompt_messages(prompt, opts.prompt_column, where)
-            completion = _completion_messages(completion, opts.completion_column, where)
+            prompt = prompt_messages(prompt, opts.prompt_column, where)
+            completion = completion_messages(completion, opts.completion_column, where)
     else:
         pair = parse_pair(record, opts, where)
         if kind == "sft":
@@ -315,8 +315,8 @@ def _split_messages(value, opts: DataOptions, where: Where) -> tuple[list, list]
         raise where.error(column, f"last message must be the assistant's (the completion), got role '{messages[-1]['role']}'")
     if len(messages) < 2:
         raise where.error(column, "has no prompt: needs at least one user message before the assistant's")
-    prompt = _prompt_messages(messages[:-1], column, where)
-    return prompt, _completion_messages(messages[-1:], column, where)
+    prompt = prompt_messages(messages[:-1], column, where)
+    return prompt, completion_messages(messages[-1:], column, where)
 
 
 # --------------------------------------------------------------------------- validation
@@ -342,7 +342,7 @@ def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _text(value, field: str, where: Where) -> Text:
+def text_value(value, field: str, where: Where) -> Text:
     """A non-blank string, or a valid non-empty message list."""
     if isinstance(value, str):
         if not value.strip():
@@ -377,7 +377,9 @@ def _unicode(text: str, field: str, where: Where) -> str:
     return text
 
 
-def _prompt_messages(text: Text, field: str, where: Where) -> list:
+def prompt_messages(text: Text, field: str, where: Where) -> list:
+    """A prompt as chat messages: a string is one user turn; a conversation must end with a
+    turn the model answers and not be blank."""
     if isinstance(text, str):
         return [{"role": "user", "content": text}]
     last = text[-1]["role"]
@@ -388,7 +390,9 @@ def _prompt_messages(text: Text, field: str, where: Where) -> list:
     return text
 
 
-def _completion_messages(text: Text, field: str, where: Where) -> list:
+def completion_messages(text: Text, field: str, where: Where) -> list:
+    """A completion as chat messages: a string is one assistant turn; a message list must
+    start with the assistant's turn and say something."""
     if isinstance(text, str):
         return [{"role": "assistant", "content": text}]
     if text[0]["role"] != "assistant":

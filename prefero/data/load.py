@@ -28,7 +28,7 @@ def load_pairs(
     opts: DataOptions | None = None,
     report: DataReport | None = None,
 ) -> tuple[list[TokenizedPair], DataReport]:
-    """Read preference pairs from `path` and tokenize them (SPEC §4).
+    """Read preference pairs from `path` and tokenize them (README.md#data).
 
     Counts go into `report` when given (so several files can share one report),
     otherwise into a new one; the report used is returned.

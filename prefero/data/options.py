@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class DataOptions:
-    """How to read and tokenize preference / SFT data (SPEC §4)."""
+    """How to read and tokenize preference / SFT data (README.md#data)."""
 
     max_length: int = 1024  # prompt + completion tokens, after truncation
     max_prompt_length: int = 512  # prompt tokens; longer prompts keep their end

@@ -1,4 +1,4 @@
-"""Counts of what happened to every record, so nothing is dropped silently (SPEC §4, §7).
+"""Counts of what happened to every record, so nothing is dropped silently (README.md#data, README.md#checkpoints-resume-safety).
 
 The invariant the tests hold the loaders to: `read == kept + sum(dropped.values())`.
 Truncation does not remove a record, so `truncated` counts are not part of that sum.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
 from prefero.data.errors import DataError
+from prefero.files import atomic_write_text
 
 #: Skipped-record messages kept verbatim; the count keeps growing past this so a
 #: dataset with a million bad rows does not produce a million-line report.
@@ -79,20 +79,8 @@ class DataReport:
         }
 
     def write(self, path: str | os.PathLike) -> None:
-        """Write the report as JSON, atomically: a crash never leaves half a report."""
-        path = os.fspath(path)
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".data_report.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the report as JSON, atomically (prefero.files): a crash never leaves half a report."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def nothing_kept(self, source: str, top: int = 3) -> str:
         """The one-line error for a source of which no record survived: the most common

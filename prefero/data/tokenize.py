@@ -1,4 +1,4 @@
-"""Prompt/completion tokenization and truncation (SPEC §4), the subtle part of the data.
+"""Prompt/completion tokenization and truncation (README.md#data), the subtle part of the data.
 
 Rules, each with its reason:
 - Prompt and completion are tokenized separately and concatenated. Tokenizing
@@ -36,7 +36,6 @@ from typing import Sequence
 
 from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, is_conversational
-
 
 #: The conversation `end_of_turn_id` renders to find how a template closes an assistant turn.
 _PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from prefero.config import ConfigError, _f
+from prefero.config import ConfigError, option
 
 
 def _block(cls, help: str):
@@ -28,93 +28,93 @@ def _block(cls, help: str):
 class SFTSettings:
     """Supervised fine-tuning from scratch on the task's demonstrations (the `sft:` block)."""
 
-    max_steps: int = _f(500, "optimizer steps: 4 passes over the 3,840 demonstrations at batch 32; by then the "
+    max_steps: int = option(500, "optimizer steps: 4 passes over the 3,840 demonstrations at batch 32; by then the "
                              "model keeps the rules most of the time but gets the count of an unseen (topic, N) pair "
                              "right far less often than the demonstrations do", ge=1)
-    learning_rate: float = _f(3e-3, "peak learning rate: a from-scratch 1M-parameter model trains at 1e-3..1e-2",
+    learning_rate: float = option(3e-3, "peak learning rate: a from-scratch 1M-parameter model trains at 1e-3..1e-2",
                               gt=0)
-    batch_size: int = _f(32, "demonstrations per step", ge=1)
+    batch_size: int = option(32, "demonstrations per step", ge=1)
 
 
 @dataclass
 class DPOSettings:
     """DPO on best-vs-worst pairs of the SFT model's samples (the `dpo:` block)."""
 
-    beta: float = _f(1.0, "β: at the paper's 0.1 the policy left the task's words and format (win rate 0.08-0.09, "
+    beta: float = option(1.0, "β: at the paper's 0.1 the policy left the task's words and format (win rate 0.08-0.09, "
                           "a tenth of its answers within the rules, 2 seeds); 1 to 4 kept it there (0.70-0.74) (earlier rules)",
                     gt=0)
-    learning_rate: float = _f(3e-4, "peak learning rate: at 1e-3 more answers leave the rules (0.78-0.92 within "
+    learning_rate: float = option(3e-4, "peak learning rate: at 1e-3 more answers leave the rules (0.78-0.92 within "
                                     "them, against 0.96-0.97 at 3e-4; earlier rules)", gt=0)
-    max_steps: int = _f(144, "optimizer steps: 1.2 passes over the ~1,900 pairs at batch 16", ge=1)
-    batch_size: int = _f(16, "pairs per step", ge=1)
+    max_steps: int = option(144, "optimizer steps: 1.2 passes over the ~1,900 pairs at batch 16", ge=1)
+    batch_size: int = option(16, "pairs per step", ge=1)
 
 
 @dataclass
 class SimPOSettings:
     """SimPO (and its summed-log-prob ablation) on the same pairs (the `simpo:` block)."""
 
-    beta: float = _f(2.0, "β on the average log-prob (the paper's 2.0)", gt=0)
-    gamma_beta_ratio: float = _f(0.5, "γ/β, the target margin (the paper's 0.5)", ge=0)
-    label_smoothing: float = _f(0.2, "ε: the loss is then smallest at a finite margin, log((1-ε)/ε) = 1.4, instead "
+    beta: float = option(2.0, "β on the average log-prob (the paper's 2.0)", gt=0)
+    gamma_beta_ratio: float = option(0.5, "γ/β, the target margin (the paper's 0.5)", ge=0)
+    label_smoothing: float = option(0.2, "ε: the loss is then smallest at a finite margin, log((1-ε)/ε) = 1.4, instead "
                                      "of rewarding a wider margin for ever. SimPO has no reference model to hold the "
                                      "policy, and without ε this model's answers ran on past their period (win rate "
                                      "0.25-0.37 on 2 seeds; 0.63 at best with fewer steps; 0.69-0.73 with ε = 0.2; earlier rules)",
                                 ge=0, lt=0.5)
-    learning_rate: float = _f(3e-4, "peak learning rate (at 5e-4 for 216 steps 15% of the answers left the rules; "
+    learning_rate: float = option(3e-4, "peak learning rate (at 5e-4 for 216 steps 15% of the answers left the rules; "
                                     "earlier rules)", gt=0)
-    max_steps: int = _f(216, "optimizer steps: 1.8 passes over the pairs at batch 16 (win rate 0.70 after 144 "
+    max_steps: int = option(216, "optimizer steps: 1.8 passes over the pairs at batch 16 (win rate 0.70 after 144 "
                              "steps, 0.72 after 216, on one SFT model; earlier rules)", ge=1)
-    batch_size: int = _f(16, "pairs per step", ge=1)
-    ablation: bool = _f(True, "also train SimPO on summed log-probs (no length normalisation) and compare lengths")
+    batch_size: int = option(16, "pairs per step", ge=1)
+    ablation: bool = option(True, "also train SimPO on summed log-probs (no length normalisation) and compare lengths")
 
 
 @dataclass
 class SPPOSettings:
     """SPPO self-play: K samples judged, P̂ from the judge, the policy regressed on it (the `sppo:` block)."""
 
-    iterations: int = _f(2, "self-play iterations (each samples from the previous iteration's model)", ge=1)
-    beta: float = _f(0.03, "β = 1/η, η = 33: the loss asks for log-ratios of η·(P̂ − ½); the verifier's scores "
+    iterations: int = option(2, "self-play iterations (each samples from the previous iteration's model)", ge=1)
+    beta: float = option(0.03, "β = 1/η, η = 33: the loss asks for log-ratios of η·(P̂ − ½); the verifier's scores "
                            "(0 to 1) put P̂ − ½ within ±0.23, so η = 33 asks for a few nats, what this model can move "
                            "(η = 10 "
                            "moved it too little: win rate 0.59-0.61 after one iteration). The paper's η = 1000 asks "
                            "for hundreds: its first iteration collapsed (win rate 0.11-0.35, 2 seeds; earlier rules)", gt=0)
-    learning_rate: float = _f(3e-4, "peak learning rate", gt=0)
-    max_steps: int = _f(144, "optimizer steps per iteration: 1.2 passes over the ~1,900 rows of the first "
+    learning_rate: float = option(3e-4, "peak learning rate", gt=0)
+    max_steps: int = option(144, "optimizer steps per iteration: 1.2 passes over the ~1,900 rows of the first "
                              "iteration (later ones have fewer: rows whose K answers all tie are dropped)", ge=1)
-    batch_size: int = _f(16, "rows per step", ge=1)
+    batch_size: int = option(16, "rows per step", ge=1)
 
 
 @dataclass
 class DemoConfig:
     """Everything `prefero demo` reads."""
 
-    output_dir: str = _f("runs/demo", "where the demo writes (replaced only if an earlier demo made it)")
-    resume: bool = _f(False, "keep the finished stages of an interrupted demo in output_dir and run the rest")
-    quick: bool = _f(False, "the reduced demo (CI): SFT 300 steps, 2 rounds, half the preference steps, the first "
+    output_dir: str = option("runs/demo", "where the demo writes (replaced only if an earlier demo made it)")
+    resume: bool = option(False, "keep the finished stages of an interrupted demo in output_dir and run the rest")
+    quick: bool = option(False, "the reduced demo (CI): SFT 300 steps, 2 rounds, half the preference steps, the first "
                             "128 prompts of the split, no SimPO ablation")
-    seed: int = _f(0, "seed of the model's initialisation, training order and sampling", ge=0)
-    split: str = _f("test", "the prompts every reported number is measured on: test (the report's), or validation "
+    seed: int = option(0, "seed of the model's initialisation, training order and sampling", ge=0)
+    split: str = option("test", "the prompts every reported number is measured on: test (the report's), or validation "
                             "(for tuning settings without looking at the test prompts); disjoint in (topic, N) from "
                             "each other and from training", choices=("test", "validation"))
-    greedy: bool = _f(True, "also judge every model's greedy answers against SFT's greedy answers (reported beside "
+    greedy: bool = option(True, "also judge every model's greedy answers against SFT's greedy answers (reported beside "
                             "the sampled numbers, which are the headline)")
-    hacking_ablation: bool = _f(True, "also train DPO (the dpo block's settings) on pairs labelled by a judge that "
+    hacking_ablation: bool = option(True, "also train DPO (the dpo block's settings) on pairs labelled by a judge that "
                                       "checks the count and the vocabulary but not repetition, and judge it by the "
                                       "full rules: reward hacking, shown on purpose. How much shows depends on how "
                                       "hard the policy is pushed: in the reduced demo (validation split, seed 0) at "
                                       "the dpo block's 3e-4 its answers repeated a word 10% of the time (SFT 13%); "
                                       "at 1e-3, 42%, with a win rate of 0.35 by the full rules against 0.49 by the "
                                       "lax judge")
-    num_samples: int = _f(8, "K: answers sampled per prompt for the judge", ge=2)
-    rounds: int = _f(4, "times each of the 480 training prompts is sampled (K answers each time); each round gives "
+    num_samples: int = option(8, "K: answers sampled per prompt for the judge", ge=2)
+    rounds: int = option(4, "times each of the 480 training prompts is sampled (K answers each time); each round gives "
                         "one best-vs-worst pair (and one SPPO row) per prompt, so 4 rounds give up to 1,920", ge=1)
-    temperature: float = _f(1.0, "sampling temperature, for preference data and evaluation alike (the policy "
+    temperature: float = option(1.0, "sampling temperature, for preference data and evaluation alike (the policy "
                                  "as it is, not its mode)", gt=0)
-    max_steps: int = _f(0, "smoke runs: train every preference stage this many steps, SFT at least 20 (a model "
+    max_steps: int = option(0, "smoke runs: train every preference stage this many steps, SFT at least 20 (a model "
                            "trained for fewer writes nothing the judge can rank), 1 round (0 = the blocks' own)", ge=0)
-    win_rate_target: float = _f(0.70, "a method whose win rate against SFT is below this is reported as short of "
+    win_rate_target: float = option(0.70, "a method whose win rate against SFT is below this is reported as short of "
                                       "the target", ge=0, le=1)
-    ci_lower_target: float = _f(0.60, "... and one whose win rate's 95% interval starts at or below this", ge=0, le=1)
+    ci_lower_target: float = option(0.60, "... and one whose win rate's 95% interval starts at or below this", ge=0, le=1)
     sft: SFTSettings = _block(SFTSettings, "SFT block: max_steps, learning_rate, batch_size")
     dpo: DPOSettings = _block(DPOSettings, "DPO block: beta, learning_rate, max_steps, batch_size")
     simpo: SimPOSettings = _block(SimPOSettings, "SimPO block: beta, gamma_beta_ratio, learning_rate, max_steps, "

@@ -22,7 +22,7 @@ from pathlib import Path
 from prefero.demo.config import DemoConfig
 from prefero.demo.evaluate import describe, read_answers
 from prefero.demo.task import DEMO_ACCURACY
-from prefero.pipeline_io import atomic_write_text
+from prefero.files import atomic_write_text
 
 #: The three methods the demo is about; `sppo` is the last self-play iteration.
 HEADLINE = ("dpo", "simpo", "sppo")

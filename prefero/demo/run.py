@@ -40,8 +40,8 @@ from prefero.config import ConfigError, load_config
 from prefero.demo import asset
 from prefero.demo.config import QUICK_EVAL_PROMPTS, DemoConfig
 from prefero.demo.task import EVAL_PROMPT_FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION
+from prefero.files import atomic_write_json, atomic_write_text
 from prefero.outputs import check_output_dir, claim_output_dir, owner
-from prefero.pipeline_io import atomic_write_json
 
 #: Longest answer: 10 words and a period are 11 tokens; more is an answer that ran on.
 MAX_NEW_TOKENS = 16
@@ -424,4 +424,4 @@ def _write_prompts(path: Path, prompts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from prefero.config import ConfigError, _f
-from prefero.judges.config import TYPES as JUDGE_TYPES, JudgeConfig
+from prefero.config import ConfigError, option
+from prefero.judges.config import TYPES as JUDGE_TYPES
+from prefero.judges.config import JudgeConfig
 
 #: How a scoring judge's two numbers become P(policy ≻ baseline) (docs/evaluation.md).
 POINTWISE_RULES = ("auto", "sigmoid", "verdict")
@@ -26,19 +27,19 @@ class EvalGenerationConfig:
     by default: an evaluation should measure the policy, not one lucky sample of it.
     """
 
-    temperature: float = _f(0.0, "sampling temperature (0 = greedy, the default for evaluation)", ge=0)
-    top_p: float = _f(1.0, "nucleus sampling: smallest token set with this much probability (1 = off)", gt=0, le=1)
-    top_k: int = _f(0, "sample from the k most likely tokens only (0 = off)", ge=0)
-    max_new_tokens: int = _f(512, "longest response, in tokens (hits are counted in the report)", ge=1)
-    seed: int = _f(0, "sampling seed (with temperature > 0): the same config gives the same responses", ge=0)
-    chat_template: str = _f("auto", "auto (the tokenizer's, if it has one) | true | false (plain-text prompts)",
+    temperature: float = option(0.0, "sampling temperature (0 = greedy, the default for evaluation)", ge=0)
+    top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability (1 = off)", gt=0, le=1)
+    top_k: int = option(0, "sample from the k most likely tokens only (0 = off)", ge=0)
+    max_new_tokens: int = option(512, "longest response, in tokens (hits are counted in the report)", ge=1)
+    seed: int = option(0, "sampling seed (with temperature > 0): the same config gives the same responses", ge=0)
+    chat_template: str = option("auto", "auto (the tokenizer's, if it has one) | true | false (plain-text prompts)",
                             choices=["auto", "true", "false"])
-    backend: str = _f("transformers", "transformers | vllm (pip install 'prefero[vllm]')",
+    backend: str = option("transformers", "transformers | vllm (pip install 'prefero[vllm]')",
                       choices=["transformers", "vllm"])
-    batch_size: int = _f(8, "prompts per generation batch (part of the seeding, as in prefero generate)", ge=1)
-    dtype: str = _f("auto", "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16",
+    batch_size: int = option(8, "prompts per generation batch (part of the seeding, as in prefero generate)", ge=1)
+    dtype: str = option("auto", "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16",
                     choices=["auto", "float32", "bfloat16", "float16"])
-    tensor_parallel_size: int = _f(1, "vllm: GPUs one model is split over", ge=1)
+    tensor_parallel_size: int = option(1, "vllm: GPUs one model is split over", ge=1)
 
     def validate(self) -> "EvalGenerationConfig":
         return self
@@ -49,48 +50,48 @@ class EvalConfig:
     """Everything `prefero eval` reads."""
 
     # what is compared
-    model: str | None = _f(None, "policy model (hub id or local directory) that answers `prompts`")
-    outputs: str | None = _f(None, "the policy's responses, already generated (instead of `model`): rows "
+    model: str | None = option(None, "policy model (hub id or local directory) that answers `prompts`")
+    outputs: str | None = option(None, "the policy's responses, already generated (instead of `model`): rows "
                                    "{prompt, response} or {prompt, completions: [one]}")
-    baseline_model: str | None = _f(None, "baseline model that answers `prompts`")
-    baseline_outputs: str | None = _f(None, "the baseline's responses, already generated (instead of `baseline_model`)")
-    prompts: str | None = _f(None, "held-out prompts (.jsonl/.json/.parquet/.csv, save_to_disk folder or hub name)")
-    prompt_column: str = _f("prompt", "column of `prompts` (and of outputs files) holding the prompt")
-    response_column: str = _f("response", "column of outputs files holding the response (else `completions`: [one])")
-    trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
+    baseline_model: str | None = option(None, "baseline model that answers `prompts`")
+    baseline_outputs: str | None = option(None, "the baseline's responses, already generated (instead of `baseline_model`)")
+    prompts: str | None = option(None, "held-out prompts (.jsonl/.json/.parquet/.csv, save_to_disk folder or hub name)")
+    prompt_column: str = option("prompt", "column of `prompts` (and of outputs files) holding the prompt")
+    response_column: str = option("response", "column of outputs files holding the response (else `completions`: [one])")
+    trust_remote_code: bool = option(False, "run model code from the hub (only if you trust it)")
     generation: EvalGenerationConfig = field(
         default_factory=EvalGenerationConfig,
         metadata={"help": "how model and baseline_model answer: temperature, max_new_tokens, seed, ..."})
     # the judge
-    judge: JudgeConfig | None = _f(None, "the judge block (type and its settings, as `prefero judge` reads it); "
+    judge: JudgeConfig | None = option(None, "the judge block (type and its settings, as `prefero judge` reads it); "
                                          "needed for a win rate")
-    pointwise_preference: str = _f(
+    pointwise_preference: str = option(
         "auto", "how a scoring judge's two scores become P(policy ≻ baseline): sigmoid (σ(s_p − s_b)) | verdict "
                 "(higher wins, equal ties) | auto (sigmoid for reward_model, verdict for callable)",
         choices=list(POINTWISE_RULES))
-    batch_size: int = _f(8, "prompts judged (and saved) per step; pairs per forward on `pairs`", ge=1)
+    batch_size: int = option(8, "prompts judged (and saved) per step; pairs per forward on `pairs`", ge=1)
     # held-out pairs
-    pairs: str | None = _f(None, "held-out preference pairs: reward and likelihood-ranking accuracy of `model`")
-    ref_model: str | None = _f(
+    pairs: str | None = option(None, "held-out preference pairs: reward and likelihood-ranking accuracy of `model`")
+    ref_model: str | None = option(
         None, "reference model of reference-based implicit rewards (β·Δ); without it, reward accuracy only for "
               "simpo/cpo/orpo")
-    loss: str = _f("dpo", "the method whose implicit reward is scored on `pairs` (β·Δ for dpo, β·A for simpo, ...)")
-    beta: float | None = _f(None, "β of that implicit reward (default: the loss's own)", gt=0)
-    max_length: int = _f(1024, "pairs: prompt + completion tokens kept (truncated as training truncates)", ge=2)
-    max_prompt_length: int = _f(512, "pairs: prompt tokens kept, from the end", ge=1)
-    dtype: str = _f("float32", "pairs: precision of the policy and reference forward", choices=["float32", "bfloat16"])
+    loss: str = option("dpo", "the method whose implicit reward is scored on `pairs` (β·Δ for dpo, β·A for simpo, ...)")
+    beta: float | None = option(None, "β of that implicit reward (default: the loss's own)", gt=0)
+    max_length: int = option(1024, "pairs: prompt + completion tokens kept (truncated as training truncates)", ge=2)
+    max_prompt_length: int = option(512, "pairs: prompt tokens kept, from the end", ge=1)
+    dtype: str = option("float32", "pairs: precision of the policy and reference forward", choices=["float32", "bfloat16"])
     # metrics
-    bootstrap_resamples: int = _f(2000, "bootstrap resamples of prompts for the win-rate interval", ge=1)
-    confidence: float = _f(0.95, "confidence level of the bootstrap intervals", gt=0, lt=1)
-    seed: int = _f(0, "seed of the bootstrap", ge=0)
-    lc_prior_scale: float = _f(5.0, "length-control fit: std of the Gaussian prior on the length and difficulty coefficients", gt=0)
-    lc_resamples: int = _f(0, "bootstrap resamples for an LC win-rate interval (0 = none; each one refits)", ge=0)
-    ngram: int = _f(3, "n of distinct-n, the mean share of distinct n-grams per answer (see docs/evaluation.md)", ge=1)
-    tokenizer: str | None = _f(None, "tokenizer for token lengths (default: `model`'s; none with outputs only = characters only)")
-    n_examples: int = _f(4, "judged examples shown in report.md", ge=0)
+    bootstrap_resamples: int = option(2000, "bootstrap resamples of prompts for the win-rate interval", ge=1)
+    confidence: float = option(0.95, "confidence level of the bootstrap intervals", gt=0, lt=1)
+    seed: int = option(0, "seed of the bootstrap", ge=0)
+    lc_prior_scale: float = option(5.0, "length-control fit: std of the Gaussian prior on the length and difficulty coefficients", gt=0)
+    lc_resamples: int = option(0, "bootstrap resamples for an LC win-rate interval (0 = none; each one refits)", ge=0)
+    ngram: int = option(3, "n of distinct-n, the mean share of distinct n-grams per answer (see docs/evaluation.md)", ge=1)
+    tokenizer: str | None = option(None, "tokenizer for token lengths (default: `model`'s; none with outputs only = characters only)")
+    n_examples: int = option(4, "judged examples shown in report.md", ge=0)
     # output
-    output_dir: str = _f("runs/eval", "where responses, judgments, report.json, report.md and plots/ go")
-    overwrite: bool = _f(False, "replace an earlier evaluation in output_dir (responses and judgments made "
+    output_dir: str = option("runs/eval", "where responses, judgments, report.json, report.md and plots/ go")
+    overwrite: bool = option(False, "replace an earlier evaluation in output_dir (responses and judgments made "
                                 "with the same settings are reused)")
 
     @property

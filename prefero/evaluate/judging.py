@@ -122,12 +122,10 @@ def judgments(cfg: EvalConfig, items: list[Item], procs: Processes) -> list[dict
             # both orders of every prompt of this process's batches whose two responses differ
             # (identical ones are ½ unasked); process 0's share also covers the rows an earlier
             # run saved, and the unreadable answers behind them (as prefero judge keeps it)
-            asked = lambda ns: 2 * sum(text_key(items[i].completions[0]) != text_key(items[i].completions[1])
-                                       for i in ns)  # noqa: E731
-            planned = asked([i for b in mine for i in batches[b]])
+            planned = asked_answers(items, [i for b in mine for i in batches[b]])
             resumed = 0
             if procs.main and done:
-                planned += asked(done)
+                planned += asked_answers(items, done)
                 resumed = sum(row["unjudged"] is not None for path in partial_paths(output)
                               for _, row in read_jsonl_rows(path) if row["index"] in done)
             try:
@@ -146,6 +144,12 @@ def judgments(cfg: EvalConfig, items: list[Item], procs: Processes) -> list[dict
         if not procs.main:
             return None
     return [row for _, row in read_jsonl_rows(output)]
+
+
+def asked_answers(items: list[Item], indices) -> int:
+    """The answers judging these items asks for: both orders of every prompt whose two
+    responses differ (identical ones are ½ without asking)."""
+    return 2 * sum(text_key(items[i].completions[0]) != text_key(items[i].completions[1]) for i in indices)
 
 
 def judgment_rows(judge, cfg: EvalConfig, items: list[Item], indices: list[int]) -> list[dict]:

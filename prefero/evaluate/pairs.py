@@ -1,4 +1,4 @@
-"""Metrics on held-out preference pairs from per-sequence statistics (SPEC §5).
+"""Metrics on held-out preference pairs from per-sequence statistics (docs/evaluation.md).
 
 Inputs are what the trainer already computes for each pair: the implicit rewards r(y_w),
 r(y_l) of the method being evaluated (β·Δ for the DPO family, β·A_θ for SimPO, ... — the

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
-from prefero.pipeline_io import atomic_path
+from prefero.files import atomic_path
 
 #: Training-curve panels: title, then the metrics.jsonl keys drawn in it (first found wins
 #: for alternatives such as the reward model's plain `accuracy`).

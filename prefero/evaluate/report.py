@@ -30,7 +30,6 @@ import numpy as np
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
-from prefero.pipeline_io import atomic_write_text, scrub_credentials
 from prefero.evaluate.generation import GenerationStats, generation_stats
 from prefero.evaluate.metrics import (
     LengthControlled,
@@ -41,6 +40,7 @@ from prefero.evaluate.metrics import (
     win_rate,
 )
 from prefero.evaluate.pairs import PairMetrics
+from prefero.files import atomic_write_text, scrub_credentials
 
 REPORT_JSON, REPORT_MD, COMPARISONS = "report.json", "report.md", "comparisons.jsonl"
 #: Characters of each response shown in report.md; comparisons.jsonl keeps all of them.
@@ -178,7 +178,7 @@ def write_report(output_dir: str | os.PathLike, result: EvalResult | None = None
                  overwrite: bool = False) -> dict[str, Path]:
     """Write report.json, report.md, comparisons.jsonl (with a result) and plots/ into
     `output_dir`; returns {name: path} of what was written. An existing report.json is
-    replaced only with `overwrite=True` (SPEC §7: outputs are never overwritten without
+    replaced only with `overwrite=True` (README.md#checkpoints-resume-safety: outputs are never overwritten without
     asking). `meta` (model names, judge, data files) is copied into both reports."""
     out = Path(output_dir)
     if (out / REPORT_JSON).exists() and not overwrite:

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
-from prefero.data.formats import Text, Where, _text
+from prefero.data.formats import Text, Where, text_value
 from prefero.data.read import iter_rows
 from prefero.evaluate.config import EvalConfig
+from prefero.files import atomic_write_json, scrub_credentials
 from prefero.judges import text_key
-from prefero.pipeline_io import Prompt, atomic_write_json, read_jsonl_rows, scrub_credentials
+from prefero.pipeline_io import Prompt, read_jsonl_rows
 from prefero.processes import Processes
 
 
@@ -74,7 +75,7 @@ def read_outputs(path: str, prompt_column: str = "prompt", response_column: str 
         if record.get(column) is None:
             columns = ", ".join(sorted(map(str, record))) or "none"
             raise where.error(prompt_column, f"missing (the row has columns: {columns}); set prompt_column")
-        prompt = _text(record[column], column, where)
+        prompt = text_value(record[column], column, where)
         response, reason = _response(record, response_column, where)
         rows.append(OutputRow(prompt, response, row, str(path), reason))
     if not rows:

@@ -41,7 +41,11 @@ from prefero.evaluate.heldout import evaluate_pairs, load_eval_pairs
 from prefero.evaluate.judging import JUDGMENTS, judge_and_compare
 from prefero.evaluate.report import REPORT_JSON, write_report
 from prefero.evaluate.responses import (
-    generate_config, generated_responses, match_responses, read_outputs, responses_path,
+    generate_config,
+    generated_responses,
+    match_responses,
+    read_outputs,
+    responses_path,
 )
 from prefero.pipeline_io import Prompt, read_prompts
 from prefero.processes import Processes, stage_processes

@@ -1,4 +1,4 @@
-"""`prefero generate`: sample K completions per prompt (SPEC §3, step 2).
+"""`prefero generate`: sample K completions per prompt (docs/pipeline.md).
 
     from prefero.config import load_config
     from prefero.generate import GenerateConfig, run_generate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, _f, check_fields
+from prefero.config import ConfigError, check_fields, option
 from prefero.openai_client import check_base_urls
 
 BACKENDS = ("transformers", "vllm", "openai")
@@ -17,40 +17,40 @@ _OUTPUT_KEYS = ("model", "prompt_column", "num_completions", "temperature", "top
 
 @dataclass
 class GenerateConfig:
-    """Sample `num_completions` completions for every prompt of `prompts` (SPEC §3, step 2)."""
+    """Sample `num_completions` completions for every prompt of `prompts` (docs/pipeline.md)."""
 
     # what to generate from, and where it goes
-    model: str = _f("", "policy: hub id or local directory (HF format); for backend=openai, the served model's name")
-    prompts: str = _f("", "prompts file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name; "
+    model: str = option("", "policy: hub id or local directory (HF format); for backend=openai, the served model's name")
+    prompts: str = option("", "prompts file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name; "
                           "string or message-list prompts, or preference pairs (their prompts are used)")
-    prompt_column: str = _f("prompt", "column holding the prompt")
-    output: str = _f("", "output .jsonl: one row per prompt {index, prompt, completions, finish_reasons, tokens}")
-    overwrite: bool = _f(False, "replace an existing finished output (an unfinished one is always resumed)")
+    prompt_column: str = option("prompt", "column holding the prompt")
+    output: str = option("", "output .jsonl: one row per prompt {index, prompt, completions, finish_reasons, tokens}")
+    overwrite: bool = option(False, "replace an existing finished output (an unfinished one is always resumed)")
     # sampling
-    num_completions: int = _f(4, "K: completions sampled per prompt", ge=1)
-    temperature: float = _f(0.8, "sampling temperature (0 = greedy)", ge=0)
-    top_p: float = _f(1.0, "nucleus sampling: smallest token set with this much probability (1 = off)", gt=0, le=1)
-    top_k: int = _f(0, "sample from the k most likely tokens only (0 = off)", ge=0)
-    max_new_tokens: int = _f(512, "longest completion, in tokens (hits are counted in the report)", ge=1)
-    seed: int = _f(0, "sampling seed: the same config gives the same completions", ge=0)
-    chat_template: str = _f("auto", "auto (the tokenizer's, if it has one) | true | false (plain-text prompts; "
+    num_completions: int = option(4, "K: completions sampled per prompt", ge=1)
+    temperature: float = option(0.8, "sampling temperature (0 = greedy)", ge=0)
+    top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability (1 = off)", gt=0, le=1)
+    top_k: int = option(0, "sample from the k most likely tokens only (0 = off)", ge=0)
+    max_new_tokens: int = option(512, "longest completion, in tokens (hits are counted in the report)", ge=1)
+    seed: int = option(0, "sampling seed: the same config gives the same completions", ge=0)
+    chat_template: str = option("auto", "auto (the tokenizer's, if it has one) | true | false (plain-text prompts; "
                                     "backend=openai: the /completions endpoint)", choices=["auto", "true", "false"])
     # engine
-    backend: str = _f("transformers", "transformers | vllm (pip install 'prefero[vllm]') | openai (HTTP server)",
+    backend: str = option("transformers", "transformers | vllm (pip install 'prefero[vllm]') | openai (HTTP server)",
                       choices=list(BACKENDS))
-    batch_size: int = _f(8, "prompts per batch (transformers: per forward; sets the seeding, so part of the config)",
+    batch_size: int = option(8, "prompts per batch (transformers: per forward; sets the seeding, so part of the config)",
                          ge=1)
-    dtype: str = _f("auto", "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16",
+    dtype: str = option("auto", "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16",
                     choices=["auto", "float32", "bfloat16", "float16"])
-    trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
-    tensor_parallel_size: int = _f(1, "vllm: GPUs one model is split over", ge=1)
+    trust_remote_code: bool = option(False, "run model code from the hub (only if you trust it)")
+    tensor_parallel_size: int = option(1, "vllm: GPUs one model is split over", ge=1)
     # openai backend
-    base_url: str | list = _f("", "openai: server URL up to the version, e.g. http://localhost:8000/v1, or a list "
+    base_url: str | list = option("", "openai: server URL up to the version, e.g. http://localhost:8000/v1, or a list "
                                   "of them (requests spread over those that are up)")
-    api_key_env: str = _f("", "openai: name of the environment variable holding the API key ('' = no key)")
-    max_concurrency: int = _f(8, "openai: requests in flight at once", ge=1)
-    timeout: float = _f(120.0, "openai: seconds to wait for one reply before retrying", gt=0)
-    max_retries: int = _f(5, "openai: retries of a failed request (429, 5xx, timeouts) before giving up", ge=0)
+    api_key_env: str = option("", "openai: name of the environment variable holding the API key ('' = no key)")
+    max_concurrency: int = option(8, "openai: requests in flight at once", ge=1)
+    timeout: float = option(120.0, "openai: seconds to wait for one reply before retrying", gt=0)
+    max_retries: int = option(5, "openai: retries of a failed request (429, 5xx, timeouts) before giving up", ge=0)
 
     def validate(self) -> "GenerateConfig":
         check_fields(self)  # also when built in Python rather than by load_config

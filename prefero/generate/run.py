@@ -17,10 +17,11 @@ import json
 import math
 import time
 
+from prefero.files import atomic_write_json, scrub_credentials
 from prefero.generate.config import GenerateConfig
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
-from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, read_prompts, scrub_credentials
+from prefero.pipeline_io import Prompt, StageOutput, read_prompts
 from prefero.processes import Processes, position_batches, stage_processes
 
 

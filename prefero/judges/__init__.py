@@ -1,4 +1,4 @@
-"""Judges: AI feedback on sampled completions (SPEC §3, step 3).
+"""Judges: AI feedback on sampled completions (docs/pipeline.md).
 
 A judge does two things, each batched over work items:
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from prefero.data.formats import Text, Where
+from prefero.errors import PreferoError
 
 Scores = list  # list[float | None], one per completion
 
@@ -51,14 +52,16 @@ class Item:
 Request = tuple  # (Item, i, j): P(item.completions[i] ≻ item.completions[j])
 
 
-class JudgeError(RuntimeError):
+class JudgeError(PreferoError, RuntimeError):
     """The judge failed for good: its server kept failing, or too many of its answers could
     not be read. One line; `prefero` exits with EXIT_JUDGE, apart from the config/data
     errors' 2, since the config may be right and the server at fault."""
 
+    exit_code = 3
+
 
 #: The exit status of a run stopped by a `JudgeError`.
-EXIT_JUDGE = 3
+EXIT_JUDGE = JudgeError.exit_code
 
 
 class Judge(Protocol):

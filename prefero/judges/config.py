@@ -15,7 +15,7 @@ import json
 import string
 from dataclasses import dataclass, fields
 
-from prefero.config import ConfigError, _f
+from prefero.config import ConfigError, option
 
 TYPES = ("reward_model", "pairwise_model", "llm", "openai", "callable")
 MODES = ("pointwise", "pairwise")
@@ -41,34 +41,34 @@ TEMPLATE_FIELDS = {"pointwise_template": {"prompt", "completion"}, "pairwise_tem
 class JudgeConfig:
     """Which judge scores completions, and its settings (the `judge:` block)."""
 
-    type: str | None = _f(None, "reward_model | pairwise_model | llm | openai | callable", choices=list(TYPES))
-    model: str | None = _f(None, "reward_model: a sequence classifier (e.g. a `prefero rm` output); "
+    type: str | None = option(None, "reward_model | pairwise_model | llm | openai | callable", choices=list(TYPES))
+    model: str | None = option(None, "reward_model: a sequence classifier (e.g. a `prefero rm` output); "
                                  "pairwise_model: a `prefero pm` output or a PairRM checkpoint (llm-blender/PairRM-hf layout); "
                                  "llm: a causal LM; openai: the model name the server serves")
-    trust_remote_code: bool = _f(False, "run model code from the hub (only if you trust it)")
-    dtype: str = _f("float32", "float32 | bfloat16 weights of a local judge model", choices=["float32", "bfloat16"])
-    device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N for a local judge model")
-    max_length: int = _f(1024, "reward_model: prompt + completion tokens kept (as `prefero rm` truncates)", ge=2)
-    max_prompt_length: int = _f(512, "reward_model: prompt tokens kept, from the end", ge=1)
-    as_messages: bool = _f(False, "reward_model: read string prompts as a user message (so through the chat "
+    trust_remote_code: bool = option(False, "run model code from the hub (only if you trust it)")
+    dtype: str = option("float32", "float32 | bfloat16 weights of a local judge model", choices=["float32", "bfloat16"])
+    device: str = option("auto", "auto (cuda if available) | cpu | cuda | cuda:N for a local judge model")
+    max_length: int = option(1024, "reward_model: prompt + completion tokens kept (as `prefero rm` truncates)", ge=2)
+    max_prompt_length: int = option(512, "reward_model: prompt tokens kept, from the end", ge=1)
+    as_messages: bool = option(False, "reward_model: read string prompts as a user message (so through the chat "
                                   "template, as a hub chat reward model expects); false = as prefero.data does")
-    system_prompt: str | None = _f(None, "llm/openai: a system message before the judge prompt")
-    pointwise_template: str | None = _f(
+    system_prompt: str | None = option(None, "llm/openai: a system message before the judge prompt")
+    pointwise_template: str | None = option(
         None, "llm/openai: rating prompt with {prompt} and {completion}; none = the shipped one")
-    pairwise_template: str | None = _f(
+    pairwise_template: str | None = option(
         None, "llm/openai: comparison prompt with {prompt}, {a} and {b}; none = the shipped one")
-    base_url: str | list | None = _f(None, "openai: server URL up to the version, e.g. http://localhost:8000/v1, or "
+    base_url: str | list | None = option(None, "openai: server URL up to the version, e.g. http://localhost:8000/v1, or "
                                            "a list of them (requests spread over those that are up)")
-    api_key_env: str | None = _f(None, "openai: environment variable holding the API key (none = no key)")
-    max_concurrency: int = _f(8, "openai: requests in flight at once", ge=1)
-    timeout: float = _f(60.0, "openai: seconds per request attempt", gt=0)
-    max_retries: int = _f(5, "openai: retries of a failed request (429, 5xx, timeouts)", ge=0)
-    top_logprobs: int = _f(20, "openai: candidates per answer token asked for (0 = parse the text only)",
+    api_key_env: str | None = option(None, "openai: environment variable holding the API key (none = no key)")
+    max_concurrency: int = option(8, "openai: requests in flight at once", ge=1)
+    timeout: float = option(60.0, "openai: seconds per request attempt", gt=0)
+    max_retries: int = option(5, "openai: retries of a failed request (429, 5xx, timeouts)", ge=0)
+    top_logprobs: int = option(20, "openai: candidates per answer token asked for (0 = parse the text only)",
                            ge=0, le=20)
-    max_unparseable: float = _f(0.05, "openai: the largest share of answers that may be unreadable (no rating or "
+    max_unparseable: float = option(0.05, "openai: the largest share of answers that may be unreadable (no rating or "
                                       "choice at the reply's start, or a malformed reply after its retries) "
                                       "before the run fails", ge=0, le=1)
-    function: str | None = _f(None, "callable: `module:function` or `path/to/file.py:function`, "
+    function: str | None = option(None, "callable: `module:function` or `path/to/file.py:function`, "
                                     "called as fn(prompt, completions) -> K floats")
 
     def validate(self) -> "JudgeConfig":
@@ -160,16 +160,16 @@ class JudgeRunConfig:
     """Everything `prefero judge` reads: rows of {prompt, completions} in, the same rows with
     `scores` (and, pairwise, the `pairwise` matrix) out."""
 
-    input: str = _f("", "rows with a prompt and a list of completions (e.g. `prefero generate` output)")
-    output: str = _f("", "where the judged rows go (.jsonl); a report is written next to it")
-    judge: JudgeConfig | None = _f(None, "the judge block: type and its settings")
-    mode: str = _f("pointwise", "pointwise: a score per completion | pairwise: P(y_i ≻ y_j) for every pair "
+    input: str = option("", "rows with a prompt and a list of completions (e.g. `prefero generate` output)")
+    output: str = option("", "where the judged rows go (.jsonl); a report is written next to it")
+    judge: JudgeConfig | None = option(None, "the judge block: type and its settings")
+    mode: str = option("pointwise", "pointwise: a score per completion | pairwise: P(y_i ≻ y_j) for every pair "
                                 "(llm/openai judges, both orders)", choices=list(MODES))
-    prompt_column: str = _f("prompt", "column holding the prompt")
-    completions_column: str = _f("completions", "column holding the list of completions")
-    batch_size: int = _f(8, "rows judged (and saved) per step; local models run at most this many "
+    prompt_column: str = option("prompt", "column holding the prompt")
+    completions_column: str = option("completions", "column holding the list of completions")
+    batch_size: int = option(8, "rows judged (and saved) per step; local models run at most this many "
                             "sequences per forward", ge=1)
-    overwrite: bool = _f(False, "replace an existing output (a partial output is resumed, not replaced)")
+    overwrite: bool = option(False, "replace an existing output (a partial output is resumed, not replaced)")
 
     def validate(self) -> "JudgeRunConfig":
         if not self.input:

@@ -33,7 +33,12 @@ from prefero.config import ConfigError
 from prefero.data.limits import context_limit
 from prefero.judges import Item, ordered, unorder
 from prefero.judges.prompts import (
-    CHOICES, RATINGS, expected_rating, judge_messages, pairwise_prompt, pointwise_prompt,
+    CHOICES,
+    RATINGS,
+    expected_rating,
+    judge_messages,
+    pairwise_prompt,
+    pointwise_prompt,
 )
 from prefero.judges.reward_model import DTYPES, resolve_device
 from prefero.model import load_causal_lm, load_tokenizer

@@ -32,7 +32,14 @@ from typing import Sequence
 
 from prefero.judges import Item, JudgeError, ordered, unorder
 from prefero.judges.prompts import (
-    CHOICES, RATINGS, answer_span, expected_rating, judge_messages, pairwise_prompt, parse_answer, pointwise_prompt,
+    CHOICES,
+    RATINGS,
+    answer_span,
+    expected_rating,
+    judge_messages,
+    pairwise_prompt,
+    parse_answer,
+    pointwise_prompt,
 )
 from prefero.openai_client import OpenAIClient, OpenAIError
 

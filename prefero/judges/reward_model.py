@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from prefero.data.limits import check_max_length, context_limit, default_of
 from prefero.data.formats import was_cut
+from prefero.data.limits import check_max_length, context_limit, default_of
 from prefero.data.tokenize import Encoder, truncate
 from prefero.judges import Item, compare_by_scores
 from prefero.model import load_tokenizer

@@ -35,16 +35,23 @@ import time
 from pathlib import Path
 
 from prefero.data.errors import DataError
-from prefero.data.formats import Where, _text
+from prefero.data.formats import Where, text_value
 from prefero.data.read import iter_rows
+from prefero.files import atomic_write_json, scrub_credentials
 from prefero.judges import (
-    Item, Judge, JudgeError, build_judge, check_unparseable, pairwise_matrices, text_key, win_rates,
+    Item,
+    Judge,
+    JudgeError,
+    build_judge,
+    check_unparseable,
+    pairwise_matrices,
+    text_key,
+    win_rates,
 )
 from prefero.judges.config import JudgeRunConfig
-from prefero.pipeline_io import (
-    StageOutput, atomic_write_json, finite_mean, finite_pstdev, partial_paths, read_jsonl_rows, scrub_credentials,
-)
+from prefero.pipeline_io import StageOutput, partial_paths, read_jsonl_rows
 from prefero.processes import Processes, position_batches, stage_processes
+from prefero.report_stats import finite_mean, finite_pstdev
 from prefero.stage_files import rows_sha256
 
 
@@ -65,7 +72,7 @@ def read_items(path: str, prompt_column: str = "prompt", completions_column: str
         if prompt is None:
             columns = ", ".join(sorted(map(str, record))) or "none"
             raise where.error(prompt_column, f"missing (the row has columns: {columns}); set prompt_column")
-        prompt = _text(prompt, prompt_column, where)
+        prompt = text_value(prompt, prompt_column, where)
         completions = record.get(completions_column)
         if completions is None:
             raise where.error(completions_column, "missing; expected a list of completions")
@@ -82,7 +89,7 @@ def read_items(path: str, prompt_column: str = "prompt", completions_column: str
 def completion_text(value, field: str, where: Where):
     """A completion to judge: any string (a policy that answered nothing has still answered,
     and is judged for it) or a valid message list."""
-    return value if isinstance(value, str) else _text(value, field, where)
+    return value if isinstance(value, str) else text_value(value, field, where)
 
 
 def row_indices(items: list[Item]) -> list[int]:

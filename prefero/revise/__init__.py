@@ -1,4 +1,4 @@
-"""`prefero revise`: constitutional critique and revision (SPEC §3, step 4; Bai et al., 2022,
+"""`prefero revise`: constitutional critique and revision (docs/pipeline.md; Bai et al., 2022,
 "Constitutional AI: Harmlessness from AI Feedback", the supervised stage).
 
     from prefero.config import load_config
@@ -19,8 +19,14 @@ Modules: `constitution` (principles file, the seeded draw), `config` (ReviseConf
 
 from prefero.revise.config import GenerationBlock, ReviseConfig
 from prefero.revise.constitution import Principle, default_constitution_path, draw_principle, load_constitution
-from prefero.revise.run import (critique_conversation, derive_rows, read_items, revise_batch,
-                                revision_conversation, run_revise)
+from prefero.revise.run import (
+                                critique_conversation,
+                                derive_rows,
+                                read_items,
+                                revise_batch,
+                                revision_conversation,
+                                run_revise,
+)
 
 __all__ = [
     "GenerationBlock", "Principle", "ReviseConfig", "critique_conversation", "default_constitution_path",

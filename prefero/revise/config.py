@@ -20,7 +20,7 @@ import os
 import typing
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, _f
+from prefero.config import ConfigError, option
 from prefero.generate import GenerateConfig
 
 #: GenerateConfig keys revise sets itself: one completion per request, its own prompts,
@@ -60,24 +60,24 @@ GenerationBlock = _generation_block()
 
 @dataclass
 class ReviseConfig:
-    """Constitutional critique and revision of answers to `prompts` (SPEC §3, step 4)."""
+    """Constitutional critique and revision of answers to `prompts` (docs/pipeline.md)."""
 
-    prompts: str = _f("", "prompts file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name; "
+    prompts: str = option("", "prompts file (.jsonl/.json/.parquet/.csv), save_to_disk folder or hub name; "
                           "string or message-list prompts, or preference pairs (their prompts are used)")
-    prompt_column: str = _f("prompt", "column holding the prompt")
-    response_column: str = _f("response", "column holding an initial answer to critique; rows without one are "
+    prompt_column: str = option("prompt", "column holding the prompt")
+    response_column: str = option("response", "column holding an initial answer to critique; rows without one are "
                                           "answered by the model ('' = the model answers every prompt)")
-    constitution: str = _f("", "principles file (.yaml/.json: name, critique_request, revision_request each); "
+    constitution: str = option("", "principles file (.yaml/.json: name, critique_request, revision_request each); "
                                "'' = prefero's example, prefero/assets/constitution.yaml")
-    rounds: int = _f(1, "critique-revision rounds per prompt, each under a principle drawn at random; "
+    rounds: int = option(1, "critique-revision rounds per prompt, each under a principle drawn at random; "
                         "a revision is the answer the next round critiques", ge=1, le=MAX_ROUNDS)
-    seed: int = _f(0, "seed of the principle draws and of sampling: the same config gives the same files", ge=0)
-    output_dir: str = _f("", "where transcripts.jsonl, sft.jsonl, pairs.jsonl and revise_report.json go")
-    overwrite: bool = _f(False, "replace a finished run in output_dir (an unfinished one is always resumed)")
-    drop_truncated: bool = _f(True, "leave out of sft.jsonl and pairs.jsonl the prompts whose final revision (and, "
+    seed: int = option(0, "seed of the principle draws and of sampling: the same config gives the same files", ge=0)
+    output_dir: str = option("", "where transcripts.jsonl, sft.jsonl, pairs.jsonl and revise_report.json go")
+    overwrite: bool = option(False, "replace a finished run in output_dir (an unfinished one is always resumed)")
+    drop_truncated: bool = option(True, "leave out of sft.jsonl and pairs.jsonl the prompts whose final revision (and, "
                                     "for pairs, the model's original answer) hit max_new_tokens, counted; false = "
                                     "keep them marked *_truncated, so training appends no EOS to them")
-    generation: GenerationBlock | None = _f(None, "the model and how to sample from it: model, backend, temperature, "
+    generation: GenerationBlock | None = option(None, "the model and how to sample from it: model, backend, temperature, "
                                                   "max_new_tokens, batch_size, base_url... (the keys of prefero generate)")
 
     def validate(self) -> "ReviseConfig":

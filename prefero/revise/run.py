@@ -42,17 +42,22 @@ from pathlib import Path
 
 from prefero.config import ConfigError
 from prefero.data.errors import DataError
+from prefero.data.formats import was_cut
 from prefero.data.read import iter_rows
+from prefero.files import atomic_write_json, write_jsonl_atomic
 from prefero.generate import make_sampler
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
-from prefero.data.formats import was_cut
-from prefero.pipeline_io import write_jsonl_atomic
-from prefero.pipeline_io import Prompt, StageOutput, atomic_write_json, partial_paths, read_jsonl_rows, read_prompts
+from prefero.pipeline_io import Prompt, StageOutput, partial_paths, read_jsonl_rows, read_prompts
 from prefero.processes import Processes, position_batches, stage_processes
 from prefero.revise.config import PAIRS, REPORT, SFT, STRIDE, TRANSCRIPTS, ReviseConfig
-from prefero.revise.constitution import (Principle, constitution_sha256, default_constitution_path, draw_principle,
-                                         load_constitution)
+from prefero.revise.constitution import (
+    Principle,
+    constitution_sha256,
+    default_constitution_path,
+    draw_principle,
+    load_constitution,
+)
 from prefero.stage_files import check_output_dir_path, check_output_file
 
 #: Why a transcript gives no SFT row or no pair; checked in this order, the first that applies.

@@ -1,4 +1,4 @@
-"""`prefero selfplay`: T iterations of generate → judge → label → train (SPEC §3, step 6).
+"""`prefero selfplay`: T iterations of generate → judge → label → train (docs/pipeline.md).
 
     from prefero.config import load_config
     from prefero.selfplay import SelfPlayConfig, run_selfplay

@@ -26,7 +26,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from prefero.config import ConfigError, TrainConfig, _f
+from prefero.config import ConfigError, TrainConfig, option
 from prefero.evaluate.config import EvalConfig
 from prefero.generate import GenerateConfig
 from prefero.judges.config import JudgeConfig, JudgeRunConfig
@@ -65,7 +65,7 @@ SamplingBlock = derived_block(
     "SamplingBlock", GenerateConfig, _GENERATE_OWN,
     "How each iteration samples K completions from its policy (the `generation:` block; keys of "
     "`prefero generate`). Iteration n samples with seed `seed + n - 1`.",
-    own={"backend": (str, _f("transformers", "transformers | vllm: the backend sampling from the local policy",
+    own={"backend": (str, option("transformers", "transformers | vllm: the backend sampling from the local policy",
                                  choices=["transformers", "vllm"]))},
 )
 
@@ -76,7 +76,7 @@ _TRAIN_OWN = {"model", "ref_model", "train_data", "train_split", "eval_data", "e
 TrainBlock = derived_block(
     "TrainBlock", TrainConfig, _TRAIN_OWN,
     "How each iteration trains π_(t+1) from π_t (the `train:` block; keys of `prefero train`).",
-    own={"loss": (str | None, _f(None, "method sppo: sppo (the default) | method iterative: any paired loss "
+    own={"loss": (str | None, option(None, "method sppo: sppo (the default) | method iterative: any paired loss "
                                        "(dpo, the default; simpo, ipo, hinge, robust, rdpo, cpo, orpo, sppo_hard, "
                                        "nca_pair)"))},
 )
@@ -92,7 +92,7 @@ EvalBlock = derived_block(
     "EvalBlock", EvalConfig, _EVAL_OWN,
     "How the win rate of each iteration's policy against π_0 is measured on eval_prompts (the `eval:` block; "
     "keys of `prefero eval`).",
-    own={"judge": (JudgeConfig | None, _f(None, "the judge of the win rate (none = the training judge); a judge "
+    own={"judge": (JudgeConfig | None, option(None, "the judge of the win rate (none = the training judge); a judge "
                                                 "that compares (llm, openai) is asked both orders"))},
 )
 
@@ -103,39 +103,39 @@ def _block(cls, help: str):
 
 @dataclass
 class SelfPlayConfig:
-    """T iterations of generate → judge → label → train from π_0 (SPEC §3, step 6)."""
+    """T iterations of generate → judge → label → train from π_0 (docs/pipeline.md)."""
 
-    model: str = _f("", "π_0: the policy self-play starts from (usually an SFT model); hub id or local directory")
-    prompts: str = _f("", "prompt pool (.jsonl/.json/.parquet/.csv, save_to_disk folder or hub name)")
-    prompt_column: str = _f("prompt", "column holding the prompt (in prompts and eval_prompts)")
-    iterations: int = _f(3, "T: rounds of generate → judge → label → train (may be raised to continue a run)",
+    model: str = option("", "π_0: the policy self-play starts from (usually an SFT model); hub id or local directory")
+    prompts: str = option("", "prompt pool (.jsonl/.json/.parquet/.csv, save_to_disk folder or hub name)")
+    prompt_column: str = option("prompt", "column holding the prompt (in prompts and eval_prompts)")
+    iterations: int = option(3, "T: rounds of generate → judge → label → train (may be raised to continue a run)",
                          ge=1)
-    prompts_per_iteration: int = _f(
+    prompts_per_iteration: int = option(
         0, "prompts of each iteration: disjoint slices of the pool in file order, as SPPO does "
            "(0 = every prompt in every iteration)", ge=0)
-    method: str = _f("sppo", "sppo: sppo loss on P̂ rows, reference π_t | iterative: a paired loss on "
+    method: str = option("sppo", "sppo: sppo loss on P̂ rows, reference π_t | iterative: a paired loss on "
                              "best-vs-worst/random pairs", choices=list(METHODS))
-    reference: str | None = _f(
+    reference: str | None = option(
         None, "iterative: the reference model, initial (π_0) | previous (π_t, the default); sppo always uses π_t",
         choices=list(REFERENCES))
-    rejected: str = _f("worst", "iterative: rejected = the worst completion, or a random one scored below "
+    rejected: str = option("worst", "iterative: rejected = the worst completion, or a random one scored below "
                                 "the best (sppo takes argmin P̂)", choices=["worst", "random"])
-    keep_truncated: bool = _f(False, "keep pairs/SPPO rows whose chosen or rejected stopped at "
+    keep_truncated: bool = option(False, "keep pairs/SPPO rows whose chosen or rejected stopped at "
                                      "generation.max_new_tokens, marked (prefero label's keep_truncated); false = "
                                      "drop them, counted as truncated in pairs.report.json")
-    judge_mode: str = _f("pointwise", "pointwise: a score per completion, P = σ(s_i − s_j) | pairwise: the "
+    judge_mode: str = option("pointwise", "pointwise: a score per completion, P = σ(s_i − s_j) | pairwise: the "
                                       "judge compares every pair (llm, openai; K(K−1) prompts)",
                          choices=["pointwise", "pairwise"])
-    judge_batch_size: int = _f(8, "rows per judge step (saved per step)", ge=1)
-    eval_prompts: str | None = _f(None, "held-out prompts: after each iteration, the win rate of π_(t+1) "
+    judge_batch_size: int = option(8, "rows per judge step (saved per step)", ge=1)
+    eval_prompts: str | None = option(None, "held-out prompts: after each iteration, the win rate of π_(t+1) "
                                         "against π_0 on them (none = no win rate)")
-    output_dir: str = _f("runs/selfplay", "where iter_1/, iter_2/, ..., summary.json and plots/ go")
-    overwrite: bool = _f(False, "replace an earlier run in output_dir: a finished one, or one with another "
+    output_dir: str = option("runs/selfplay", "where iter_1/, iter_2/, ..., summary.json and plots/ go")
+    overwrite: bool = option(False, "replace an earlier run in output_dir: a finished one, or one with another "
                                 "config (an unfinished run with this config is always resumed)")
     generation: SamplingBlock = _block(SamplingBlock, "sampling: num_completions (K), temperature, top_p, top_k, "
                                                       "max_new_tokens, seed, batch_size, backend, ... (prefero "
                                                       "generate's keys)")
-    judge: JudgeConfig | None = _f(None, "the judge block: type and its settings (prefero judge's judge:)")
+    judge: JudgeConfig | None = option(None, "the judge block: type and its settings (prefero judge's judge:)")
     train: TrainBlock = _block(TrainBlock, "training of each iteration: learning_rate, beta, batch_size, "
                                            "max_steps/epochs, max_length, lora, ... (prefero train's keys)")
     eval: EvalBlock = _block(EvalBlock, "the win rate against π_0: judge, generation (greedy by default), "

@@ -51,16 +51,20 @@ from prefero.data.errors import DataError
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.responses import generate_config as eval_generate_config
 from prefero.evaluate.run import run_eval
+from prefero.files import atomic_write_json, scrub_credentials, write_jsonl_atomic
 from prefero.generate import GenerateConfig, run_generate
 from prefero.judges.config import JudgeRunConfig
 from prefero.judges.run import judge_identity, run_judge
 from prefero.label import LabelConfig, run_label
+from prefero.log import get_logger
 from prefero.losses import get_loss
 from prefero.outputs import check_output_dir, claim_output_dir
-from prefero.pipeline_io import Prompt, atomic_write_json, read_prompts, scrub_credentials, write_jsonl_atomic
+from prefero.pipeline_io import Prompt, read_prompts
 from prefero.selfplay.config import RESUMABLE_KEYS, SelfPlayConfig
 from prefero.stage_files import OutputLock, check_output_dir_path, make_folder, rows_sha256
 from prefero.train import train
+
+log = get_logger(__name__)
 
 COMMAND = "selfplay"
 CONFIG_FILE = "selfplay_config.json"
@@ -278,7 +282,7 @@ def _iterations(cfg: SelfPlayConfig, pool: list[Prompt], slices: list[range]) ->
         d = iteration_dir(cfg, n)
         ran = [name for name, work in iteration_stages(cfg, n, pool, slices[n - 1]) if run_stage(d, name, work)]
         summary = write_summary(cfg)
-        print(iteration_line(summary["per_iteration"][n - 1], cfg.iterations, earlier=not ran), flush=True)
+        log.info(iteration_line(summary["per_iteration"][n - 1], cfg.iterations, earlier=not ran))
     return summary
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefero.pipeline_io import atomic_write_json
+from prefero.files import atomic_write_json
 from prefero.selfplay.config import SelfPlayConfig
 from prefero.selfplay.run import (
     iteration_dir,
