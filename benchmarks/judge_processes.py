@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+from prefero.processes import launch_command
 
 
 def rows_file(path: Path, n: int, k: int) -> Path:
@@ -38,23 +37,13 @@ def rows_file(path: Path, n: int, k: int) -> Path:
     return path
 
 
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(processes: int, args: list[str], output: Path) -> tuple[float, float]:
     """(wall seconds, report rows/s) of one `prefero judge` run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if processes == 1:
-        cmd = [sys.executable, "-m", "prefero", "judge"]
-    else:
-        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port()),
-               "-m", "prefero", "judge"]
+    args = args + [f"output={output}", "overwrite=true"]
+    cmd = [sys.executable, "-m", "prefero", "judge", *args] if processes == 1 else launch_command("judge", args, processes)
     start = time.perf_counter()
-    r = subprocess.run(cmd + args + [f"output={output}", "overwrite=true"], capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])

@@ -12,6 +12,8 @@ at once, so the rows do not depend on how many processes made them.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,6 +40,11 @@ class Processes:
     def mine(self, batches: int) -> list[int]:
         """The batches (by position) this process works on."""
         return list(range(self.rank, batches, self.world))
+
+    def pending(self, batches: list, done, key: Callable[[Any], Any] = lambda item: item) -> list[int]:
+        """This process's batches (by position) that still hold an item whose `key` is not in
+        `done`: what is left of its share after a resume."""
+        return [b for b in self.mine(len(batches)) if any(key(item) not in done for item in batches[b])]
 
     def say(self, line: str) -> None:
         """A line on stdout from process 0 only (one per run, not one per process); stderr
@@ -70,3 +77,21 @@ def stage_processes(needs_torch: bool = True) -> Processes:
 def position_batches(total: int, size: int) -> list[list[int]]:
     """Positions 0..total-1 cut into batches of `size`, in order."""
     return [list(range(s, min(s + size, total))) for s in range(0, total, size)]
+
+
+def launch_command(command: str, args, processes: int = 2, launcher_args=("--multi_gpu",)) -> list[str]:
+    """The command line that runs `prefero COMMAND ARGS` as `processes` processes on this
+    machine under `accelerate launch` (`--multi_gpu` runs torchrun: gloo on CPU, one GPU per
+    process on CUDA), on a free local port; what the tests and benchmarks that compare N
+    processes with one start."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    return [accelerate, "launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision",
+            "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *launcher_args,
+            "-m", "prefero", command, *map(str, args)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

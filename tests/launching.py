@@ -4,27 +4,17 @@ and prefero picks gloo on CPU. One intra-op thread per process: two processes sh
 machine's cores."""
 
 import os
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+from prefero.processes import launch_command
+
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(command: str, args: list, launcher_args=("--multi_gpu",), processes: int = 2, check: bool = True):
     """`accelerate launch ... -m prefero COMMAND ARGS`; the finished process (asserted to
     have succeeded unless `check` is false)."""
-    cmd = [ACCELERATE, "launch", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), *launcher_args,
-           "-m", "prefero", command, *map(str, args)]
+    cmd = launch_command(command, args, processes, launcher_args)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ONE_THREAD_ENV)
     if check:
         assert r.returncode == 0, r.stderr[-3000:]

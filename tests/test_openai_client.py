@@ -5,7 +5,6 @@ malformed replies, bounded concurrency, and the API key never leaving the header
 import logging
 import math
 import random
-import socket
 import time
 from email.utils import formatdate
 
@@ -14,6 +13,7 @@ import pytest
 from openai_server import FakeOpenAIServer
 from prefero.config import ConfigError
 from prefero.openai_client import OpenAIClient, OpenAIError, parse_retry_after, retry_delay
+from prefero.processes import free_port
 
 KEY = "sk-test-9f8e7d6c5b4a"
 HI = [{"role": "user", "content": "Say something about the sea."}]
@@ -168,9 +168,7 @@ def test_retry_after_beyond_the_limit_is_a_server_down_now(server, key_env):
 
 
 def test_unreachable_endpoint_fails_fast():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     start = time.monotonic()
     with pytest.raises(OpenAIError, match="cannot connect to http://127.0.0.1:.*is the server running"):
         OpenAIClient(f"http://127.0.0.1:{port}/v1", "m", max_retries=5, backoff=1.0).chat(HI)
@@ -178,9 +176,7 @@ def test_unreachable_endpoint_fails_fast():
 
 
 def test_password_in_base_url_is_not_shown():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(OpenAIError) as e:
         OpenAIClient(f"http://user:hunter2@127.0.0.1:{port}/v1", "m").chat(HI)
     assert f"http://127.0.0.1:{port}/v1/chat/completions" in str(e.value) and "hunter2" not in str(e.value)
@@ -267,10 +263,7 @@ def test_parse_retry_after():
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once the block ends
-    return f"http://user:hunter2@127.0.0.1:{port}/v1"
+    return f"http://user:hunter2@127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 def test_requests_spread_over_endpoints_and_a_dead_one_is_skipped(key_env):

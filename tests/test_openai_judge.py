@@ -20,6 +20,7 @@ from prefero.judges.config import JudgeConfig, JudgeRunConfig
 from prefero.judges.openai import OpenAIJudge, probs_from_logprobs
 from prefero.judges.prompts import expected_rating, parse_choice, parse_rating
 from prefero.judges.run import run_judge
+from prefero.processes import free_port
 
 
 def item(prompt, completions, row=1, record=None):
@@ -210,11 +211,7 @@ def test_run_judge_pairwise_rows_carry_the_matrix(tmp_path, server, monkeypatch)
 def test_a_list_of_endpoints_with_one_dead_judges_every_row(server, tmp_path):
     """`judge.base_url` as a YAML list: a dead server is skipped after its retries and counted
     in the report; the scores are those one live server gives."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     server.responder = lambda body, k: str(3 + len(json.dumps(body)) % 7)  # a rating that varies per prompt
     rows = [{"prompt": f"p{i}", "completions": ["a", "bb"]} for i in range(4)]
     write_jsonl(tmp_path / "gen.jsonl", rows)

@@ -135,6 +135,14 @@ def test_inputs_are_cut_as_the_model_card_cuts_them(checkpoint):
     assert marks == [1, 10 + 1, 10 + budget + 1]  # each prefix right after its part's [CLS]
 
 
+def test_a_length_too_small_for_the_prefix_tokens_is_refused_in_one_line(checkpoint):
+    tok = checkpoint[3]
+    prefix_ids = tok.convert_tokens_to_ids(SPECIAL[4:])
+    # 10 source tokens leave (11 - 10) // 2 = 0 per candidate: [CLS] and the prefix cannot both fit
+    with pytest.raises(ConfigError, match=r"^judge: a PairRM input of 11 tokens .* too few to keep each part's prefix"):
+        pair_ids(tok, prefix_ids, "sea " * 20, "wave", "tide", source_max_length=10, max_length=11)
+
+
 def test_a_conversation_prompt_is_refused_naming_the_row(checkpoint):
     judge = PairRMJudge(JudgeConfig(type="pairwise_model", model=str(checkpoint[0])).validate())
     chat = Item([{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},

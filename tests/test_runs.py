@@ -11,6 +11,7 @@ from prefero.config import ConfigError, load_config
 from prefero.demo import asset, run_demo
 from prefero.model import check_model_source
 from prefero.outputs import MARKER
+from prefero.processes import free_port
 from prefero.train import Trainer
 
 
@@ -48,14 +49,9 @@ def test_model_path_errors_say_what_is_wrong(tiny_model_dir, tmp_path):
 
 
 def test_hub_id_without_network_fails_at_once(monkeypatch):
-    import socket
-
     from prefero import model
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there: connection refused
+    port = free_port()  # nothing listens there: connection refused
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")

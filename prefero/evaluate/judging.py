@@ -112,22 +112,19 @@ def judgments(cfg: EvalConfig, items: list[Item], procs: Processes) -> list[dict
         stage = StageOutput(output, settings, cfg.overwrite, procs.rank, procs.world, procs.barrier)
         done = stage.start()
         batches = position_batches(len(items), cfg.batch_size)
-        mine = [b for b in procs.mine(len(batches)) if any(i not in done for i in batches[b])]
+        mine = procs.pending(batches, done)
         if mine:
-            from prefero.judges import build_judge, check_unparseable
+            from prefero.judges import build_judge, check_unparseable, process_budget
 
             judge = build_judge(cfg.judge)
             if hasattr(judge, "batch_size"):
                 judge.batch_size = cfg.batch_size
-            # both orders of every prompt of this process's batches whose two responses differ
-            # (identical ones are ½ unasked); process 0's share also covers the rows an earlier
-            # run saved, and the unreadable answers behind them (as prefero judge keeps it)
-            planned = asked_answers(items, [i for b in mine for i in batches[b]])
-            resumed = 0
-            if procs.main and done:
-                planned += asked_answers(items, done)
-                resumed = sum(row["unjudged"] is not None for path in partial_paths(output)
-                              for _, row in read_jsonl_rows(path) if row["index"] in done)
+            # both orders of every prompt whose two responses differ (identical ones are ½ unasked)
+            planned, resumed = process_budget(
+                procs.main, asked_answers(items, [i for b in mine for i in batches[b]]), bool(done),
+                lambda: asked_answers(items, done),
+                lambda: sum(row["unjudged"] is not None for path in partial_paths(output)
+                            for _, row in read_jsonl_rows(path) if row["index"] in done))
             try:
                 for b in mine:
                     rows = judgment_rows(judge, cfg, [items[i] for i in batches[b]], batches[b])

@@ -49,7 +49,7 @@ def _run(cfg: GenerateConfig, sampler: Sampler | None, prompts: list[Prompt], ou
     if done and not out.complete:
         procs.say(f"prefero generate: resuming, {len(done)} of {len(prompts)} prompts already done in {out.partial}")
     batches = position_batches(len(prompts), cfg.batch_size)
-    mine = [b for b in procs.mine(len(batches)) if any(i not in done for i in batches[b])]
+    mine = procs.pending(batches, done)
 
     load_start = time.perf_counter()
     if sampler is None and mine:

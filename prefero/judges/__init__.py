@@ -26,7 +26,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from prefero.data.formats import Text, Where
 from prefero.errors import PreferoError
@@ -174,6 +174,19 @@ def check_unparseable(judge: Judge, planned: int, resumed: int = 0) -> None:
     check = getattr(judge, "check_answers", None)
     if check is not None:
         check(planned, resumed)
+
+
+def process_budget(main: bool, own: int, saved: bool, saved_planned: Callable[[], int],
+                   saved_unread: Callable[[], int]) -> tuple[int, int]:
+    """(planned, resumed) for `check_unparseable` on one process of a sharded stage.
+
+    Each process keeps to its share of the unreadable-answer budget: `own`, the answers its
+    own batches ask for. Process 0's share also covers the rows earlier runs `saved`
+    (`saved_planned()` answers, `saved_unread()` of them unreadable). When every share
+    holds, the whole output does."""
+    if main and saved:
+        return own + saved_planned(), saved_unread()
+    return own, 0
 
 
 def build_judge(cfg) -> Judge:

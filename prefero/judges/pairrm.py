@@ -39,6 +39,8 @@ from torch import nn
 
 from prefero.config import ConfigError
 from prefero.judges import Item, ordered, pairwise_matrices, sigmoid, unorder, win_rates
+from prefero.judges.reward_model import DTYPES, resolve_device
+from prefero.model import load_tokenizer
 
 ARCHITECTURE = "DebertaV2PairRM"
 SOURCE_MAX_LENGTH = 1224
@@ -119,6 +121,9 @@ def pair_ids(tokenizer, prefix_ids: list[int], source: str, first: str, second: 
     (_, source_prefix), (_, first_prefix), (_, second_prefix) = PREFIXES
     source_ids = tokenizer.encode(source_prefix + source, max_length=source_max_length, truncation=True)
     budget = (max_length - len(source_ids)) // 2
+    if min(budget, source_max_length) < 2:  # [CLS] and the prefix token (0 would mean no limit at all)
+        raise ConfigError(f"judge: a PairRM input of {max_length} tokens (source {source_max_length}) leaves "
+                          f"{min(budget, source_max_length)} per part, too few to keep each part's prefix token")
     parts = [source_ids] + [tokenizer.encode(prefix + text, max_length=budget, truncation=True)
                             for prefix, text in ((first_prefix, first), (second_prefix, second))]
     ids, marks = [], []
@@ -132,9 +137,6 @@ class PairRMJudge:
     """compare: P(a ≻ b) from both orders (module docstring); score: mean win probability."""
 
     def __init__(self, cfg, model=None, tokenizer=None):
-        from prefero.judges.reward_model import DTYPES, resolve_device
-        from prefero.model import load_tokenizer
-
         self.cfg = cfg
         self.tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code, key="judge.model")
         if model is None:

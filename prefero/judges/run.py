@@ -45,6 +45,7 @@ from prefero.judges import (
     build_judge,
     check_unparseable,
     pairwise_matrices,
+    process_budget,
     text_key,
     win_rates,
 )
@@ -211,7 +212,7 @@ def _judge(cfg: JudgeRunConfig, items: list[Item], indices: list[int], out: Stag
     # Batches by input position, the same for any number of processes and across resumptions:
     # a batch is what the judge sees at once, so its rows' numbers do not depend on either.
     batches = position_batches(len(items), cfg.batch_size)
-    mine = [b for b in procs.mine(len(batches)) if any(indices[n] not in done for n in batches[b])]
+    mine = procs.pending(batches, done, key=lambda n: indices[n])
     todo = [n for n in range(len(items)) if indices[n] not in done]
     stats = {}
     loaded = time.monotonic()
@@ -220,13 +221,10 @@ def _judge(cfg: JudgeRunConfig, items: list[Item], indices: list[int], out: Stag
         loaded = time.monotonic()
         if hasattr(judge, "batch_size"):
             judge.batch_size = cfg.batch_size
-        # Each process keeps to its share of the unreadable-answer budget (process 0's share
-        # covers the rows earlier runs saved): when every share holds, the whole output does.
-        planned = planned_answers([items[n] for b in mine for n in batches[b]], cfg.mode)
-        resumed = 0
-        if procs.main and done:
-            planned += planned_answers([items[n] for n in range(len(items)) if indices[n] in done], cfg.mode)
-            resumed = null_answers(out, done)
+        planned, resumed = process_budget(
+            procs.main, planned_answers([items[n] for b in mine for n in batches[b]], cfg.mode), bool(done),
+            lambda: planned_answers([items[n] for n in range(len(items)) if indices[n] in done], cfg.mode),
+            lambda: null_answers(out, done))
         try:
             from tqdm.auto import tqdm
 

@@ -108,7 +108,7 @@ def _revise(cfg: ReviseConfig, sampler: Sampler | None, principles: list[Princip
     if done and not out.complete:
         procs.say(f"prefero revise: resuming, {len(done)} of {len(items)} prompts already done in {out.partial}")
     batches = [[items[n] for n in batch] for batch in position_batches(len(items), gen.batch_size)]
-    todo = [b for b in procs.mine(len(batches)) if any(it.index not in done for it in batches[b])]
+    todo = procs.pending(batches, done, key=lambda it: it.index)
 
     own = sampler is None and bool(todo)
     if own:
