@@ -65,6 +65,56 @@ def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices=No
     return field(default=default, metadata=meta, **kw)
 
 
+def block(cls, help: str):
+    """A nested block field whose default is `cls()`: `generation.seed=3` changes one key and
+    keeps the block's other defaults."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+def require(cfg, *keys: str) -> None:
+    """Refuse a config whose required keys (each non-empty) are missing, naming the first."""
+    for key in keys:
+        if not getattr(cfg, key):
+            raise ConfigError(f"`{key}` is required")
+
+
+def check_shorter(cfg, short: str = "max_prompt_length", long: str = "max_length", prefix: str = "") -> None:
+    """Refuse `short` >= `long` (a prompt budget that leaves no room for a completion)."""
+    a, b = getattr(cfg, short), getattr(cfg, long)
+    if a >= b:
+        raise ConfigError(f"{prefix}{short} ({a}) must be smaller than {prefix}{long} ({b})")
+
+
+def block_values(cfg) -> dict:
+    """A config's keys and values, one level deep (nested blocks kept as objects): what
+    builds another command's config from a derived block."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def derived_block(name: str, source, exclude: set[str], doc: str, module: str, own: dict | None = None):
+    """A config block class with `source`'s fields (types, defaults, docs, ranges) minus
+    `exclude`; `own` maps a field name to (type, field) replacing or adding one. How one
+    command's block is built from another command's config, so a key means the same thing,
+    with the same default and range, in both. `module`: the caller's `__name__`, where the
+    class is said to live (for reprs and pickling)."""
+    hints = typing.get_type_hints(source)
+    own = dict(own or {})
+    specs = []
+    for f in dataclasses.fields(source):
+        if f.name in exclude:
+            continue
+        if f.name in own:
+            specs.append((f.name, *own.pop(f.name)))
+            continue
+        default = ({"default": f.default} if f.default is not dataclasses.MISSING
+                   else {"default_factory": f.default_factory})
+        specs.append((f.name, hints[f.name], field(metadata=f.metadata, **default)))
+    specs += [(k, *v) for k, v in own.items()]
+    made = dataclasses.make_dataclass(name, specs, namespace={"__doc__": doc})
+    made.__module__ = module
+    return made
+
+
 @dataclass
 class LoraConfig:
     """PEFT LoRA adapter settings (the `lora:` block)."""
@@ -163,9 +213,7 @@ class LoopConfig:
             raise ConfigError("`train_data` is required")
         if self.max_steps == 0 and self.epochs <= 0:
             raise ConfigError("set max_steps > 0 or epochs > 0")
-        if self.max_prompt_length >= self.max_length:
-            raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than "
-                              f"max_length ({self.max_length})")
+        check_shorter(self)
         if len(self.adam_betas) != 2:
             raise ConfigError(f"adam_betas must be two numbers (β1, β2) in [0, 1), got {self.adam_betas}")
         same_data = (self.eval_data or self.train_data) == self.train_data

@@ -13,15 +13,9 @@ validation split (never the test split the report uses).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from prefero.config import ConfigError, option
-
-
-def _block(cls, help: str):
-    """A nested block field whose default is `cls()` (so `dpo.beta=...` changes one key
-    and keeps the block's other defaults)."""
-    return field(default_factory=cls, metadata={"help": help})
+from prefero.config import ConfigError, block, option
 
 
 @dataclass
@@ -115,11 +109,11 @@ class DemoConfig:
     win_rate_target: float = option(0.70, "a method whose win rate against SFT is below this is reported as short of "
                                       "the target", ge=0, le=1)
     ci_lower_target: float = option(0.60, "... and one whose win rate's 95% interval starts at or below this", ge=0, le=1)
-    sft: SFTSettings = _block(SFTSettings, "SFT block: max_steps, learning_rate, batch_size")
-    dpo: DPOSettings = _block(DPOSettings, "DPO block: beta, learning_rate, max_steps, batch_size")
-    simpo: SimPOSettings = _block(SimPOSettings, "SimPO block: beta, gamma_beta_ratio, learning_rate, max_steps, "
+    sft: SFTSettings = block(SFTSettings, "SFT block: max_steps, learning_rate, batch_size")
+    dpo: DPOSettings = block(DPOSettings, "DPO block: beta, learning_rate, max_steps, batch_size")
+    simpo: SimPOSettings = block(SimPOSettings, "SimPO block: beta, gamma_beta_ratio, learning_rate, max_steps, "
                                                  "batch_size, ablation")
-    sppo: SPPOSettings = _block(SPPOSettings, "SPPO block: iterations, beta, learning_rate, max_steps, batch_size")
+    sppo: SPPOSettings = block(SPPOSettings, "SPPO block: iterations, beta, learning_rate, max_steps, batch_size")
 
     def validate(self) -> "DemoConfig":
         if not self.output_dir:

@@ -9,9 +9,10 @@ of responses it already produced. The `judge:` block is the judges package's own
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from prefero.config import ConfigError, option
+from prefero.config import ConfigError, block, check_shorter, derived_block, option
+from prefero.generate.config import GenerateConfig
 from prefero.judges.config import TYPES as JUDGE_TYPES
 from prefero.judges.config import JudgeConfig
 
@@ -19,30 +20,20 @@ from prefero.judges.config import JudgeConfig
 POINTWISE_RULES = ("auto", "sigmoid", "verdict")
 
 
-@dataclass
-class EvalGenerationConfig:
-    """How `model` and `baseline_model` answer the prompts (the `generation:` block).
+#: `prefero generate` keys that `prefero eval` sets itself (one response per prompt, the
+#: models and prompts it compares), and the openai backend's: eval answers with local models.
+_GENERATE_OWN = {"model", "prompts", "prompt_column", "output", "overwrite", "num_completions", "trust_remote_code",
+                 "base_url", "api_key_env", "max_concurrency", "timeout", "max_retries"}
 
-    The keys are `prefero generate`'s, with one response per prompt and greedy decoding
-    by default: an evaluation should measure the policy, not one lucky sample of it.
-    """
-
-    temperature: float = option(0.0, "sampling temperature (0 = greedy, the default for evaluation)", ge=0)
-    top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability (1 = off)", gt=0, le=1)
-    top_k: int = option(0, "sample from the k most likely tokens only (0 = off)", ge=0)
-    max_new_tokens: int = option(512, "longest response, in tokens (hits are counted in the report)", ge=1)
-    seed: int = option(0, "sampling seed (with temperature > 0): the same config gives the same responses", ge=0)
-    chat_template: str = option("auto", "auto (the tokenizer's, if it has one) | true | false (plain-text prompts)",
-                            choices=["auto", "true", "false"])
-    backend: str = option("transformers", "transformers | vllm (pip install 'prefero[vllm]')",
-                      choices=["transformers", "vllm"])
-    batch_size: int = option(8, "prompts per generation batch (part of the seeding, as in prefero generate)", ge=1)
-    dtype: str = option("auto", "auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16",
-                    choices=["auto", "float32", "bfloat16", "float16"])
-    tensor_parallel_size: int = option(1, "vllm: GPUs one model is split over", ge=1)
-
-    def validate(self) -> "EvalGenerationConfig":
-        return self
+EvalGenerationConfig = derived_block(
+    "EvalGenerationConfig", GenerateConfig, _GENERATE_OWN,
+    "How `model` and `baseline_model` answer the prompts (the `generation:` block): `prefero generate`'s keys, "
+    "with one response per prompt and greedy decoding by default: an evaluation should measure the policy, not "
+    "one lucky sample of it.", __name__,
+    own={"temperature": (float, option(0.0, "sampling temperature (0 = greedy, the default for evaluation)", ge=0)),
+         "backend": (str, option("transformers", "transformers | vllm (pip install 'prefero[vllm]')",
+                                 choices=["transformers", "vllm"]))},
+)
 
 
 @dataclass
@@ -59,9 +50,8 @@ class EvalConfig:
     prompt_column: str = option("prompt", "column of `prompts` (and of outputs files) holding the prompt")
     response_column: str = option("response", "column of outputs files holding the response (else `completions`: [one])")
     trust_remote_code: bool = option(False, "run model code from the hub (only if you trust it)")
-    generation: EvalGenerationConfig = field(
-        default_factory=EvalGenerationConfig,
-        metadata={"help": "how model and baseline_model answer: temperature, max_new_tokens, seed, ..."})
+    generation: EvalGenerationConfig = block(
+        EvalGenerationConfig, "how model and baseline_model answer: temperature, max_new_tokens, seed, ...")
     # the judge
     judge: JudgeConfig | None = option(None, "the judge block (type and its settings, as `prefero judge` reads it); "
                                          "needed for a win rate")
@@ -169,6 +159,4 @@ class EvalConfig:
         if self.ref_model and not spec.needs_reference:
             raise ConfigError(f"ref_model is not read for loss {self.loss!r}, whose implicit reward needs no "
                               "reference model")
-        if self.max_prompt_length >= self.max_length:
-            raise ConfigError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than "
-                              f"max_length ({self.max_length})")
+        check_shorter(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, check_fields, option
+from prefero.config import ConfigError, check_fields, option, require
 from prefero.openai_client import check_base_urls
 
 BACKENDS = ("transformers", "vllm", "openai")
@@ -54,9 +54,7 @@ class GenerateConfig:
 
     def validate(self) -> "GenerateConfig":
         check_fields(self)  # also when built in Python rather than by load_config
-        for key in ("model", "prompts", "output"):
-            if not getattr(self, key):
-                raise ConfigError(f"`{key}` is required")
+        require(self, "model", "prompts", "output")
         if self.temperature == 0 and self.num_completions > 1:
             # greedy decoding is deterministic: K copies of one answer give a judge nothing to rank
             raise ConfigError(f"temperature 0 (greedy) with num_completions={self.num_completions} would give "

@@ -15,7 +15,7 @@ import json
 import string
 from dataclasses import dataclass, fields
 
-from prefero.config import ConfigError, option
+from prefero.config import ConfigError, check_shorter, option
 
 TYPES = ("reward_model", "pairwise_model", "llm", "openai", "callable")
 MODES = ("pointwise", "pairwise")
@@ -90,9 +90,8 @@ class JudgeConfig:
             check_base_urls(self.base_url, "judge.base_url")
         if self.type == "callable" and not self.function:
             raise ConfigError("judge.function is required for judge type 'callable' (module:function)")
-        if self.type == "reward_model" and self.max_prompt_length >= self.max_length:
-            raise ConfigError(f"judge.max_prompt_length ({self.max_prompt_length}) must be smaller than "
-                              f"judge.max_length ({self.max_length})")
+        if self.type == "reward_model":
+            check_shorter(self, prefix="judge.")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"judge.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key, allowed in TEMPLATE_FIELDS.items():

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, option
+from prefero.config import ConfigError, derived_block, option, require
 from prefero.generate import GenerateConfig
 
 #: GenerateConfig keys revise sets itself: one completion per request, its own prompts,
@@ -40,22 +39,10 @@ PAIRS = "pairs.jsonl"
 REPORT = "revise_report.json"
 
 
-def _generation_block():
-    hints = typing.get_type_hints(GenerateConfig)
-    fields = []
-    for f in dataclasses.fields(GenerateConfig):
-        if f.name in STAGE_KEYS:
-            continue
-        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
-        fields.append((f.name, hints[f.name], dataclasses.field(metadata=f.metadata, **default)))
-    doc = ("The model that answers, critiques and revises: `prefero generate`'s model, backend and "
-           "sampling keys (the `generation:` block).")
-    block = dataclasses.make_dataclass("GenerationBlock", fields, namespace={"__doc__": doc})
-    block.__module__ = __name__  # for pickling and reprs (make_dataclass takes `module=` only from 3.12)
-    return block
-
-
-GenerationBlock = _generation_block()
+GenerationBlock = derived_block(
+    "GenerationBlock", GenerateConfig, STAGE_KEYS,
+    "The model that answers, critiques and revises: `prefero generate`'s model, backend and sampling keys (the "
+    "`generation:` block).", __name__)
 
 
 @dataclass
@@ -81,9 +68,7 @@ class ReviseConfig:
                                                   "max_new_tokens, batch_size, base_url... (the keys of prefero generate)")
 
     def validate(self) -> "ReviseConfig":
-        for key in ("prompts", "output_dir"):
-            if not getattr(self, key):
-                raise ConfigError(f"`{key}` is required")
+        require(self, "prompts", "output_dir")
         if self.generation is None:
             raise ConfigError("the `generation:` block is required (at least generation.model: the model that "
                               "answers, critiques and revises)")

@@ -22,38 +22,15 @@ model, resume) are left out.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from prefero.config import ConfigError, TrainConfig, option
+from prefero.config import ConfigError, TrainConfig, block, block_values, derived_block, option, require
 from prefero.evaluate.config import EvalConfig
 from prefero.generate import GenerateConfig
 from prefero.judges.config import JudgeConfig, JudgeRunConfig
 
 METHODS = ("sppo", "iterative")
 REFERENCES = ("initial", "previous")
-
-
-def derived_block(name: str, source, exclude: set[str], doc: str, own: dict | None = None):
-    """A config block class with `source`'s fields (types, defaults, docs, ranges) minus
-    `exclude`; `own` maps a field name to (type, field) replacing or adding one."""
-    hints = typing.get_type_hints(source)
-    own = dict(own or {})
-    specs = []
-    for f in dataclasses.fields(source):
-        if f.name in exclude:
-            continue
-        if f.name in own:
-            specs.append((f.name, *own.pop(f.name)))
-            continue
-        default = ({"default": f.default} if f.default is not dataclasses.MISSING
-                   else {"default_factory": f.default_factory})
-        specs.append((f.name, hints[f.name], field(metadata=f.metadata, **default)))
-    specs += [(k, *v) for k, v in own.items()]
-    block = dataclasses.make_dataclass(name, specs, namespace={"__doc__": doc})
-    block.__module__ = __name__  # reprs and pickling name this module, where the class lives
-    return block
 
 
 #: GenerateConfig keys self-play sets per iteration, and the openai backend's keys: a
@@ -64,7 +41,7 @@ _GENERATE_OWN = {"model", "prompts", "prompt_column", "output", "overwrite", "ba
 SamplingBlock = derived_block(
     "SamplingBlock", GenerateConfig, _GENERATE_OWN,
     "How each iteration samples K completions from its policy (the `generation:` block; keys of "
-    "`prefero generate`). Iteration n samples with seed `seed + n - 1`.",
+    "`prefero generate`). Iteration n samples with seed `seed + n - 1`.", __name__,
     own={"backend": (str, option("transformers", "transformers | vllm: the backend sampling from the local policy",
                                  choices=["transformers", "vllm"]))},
 )
@@ -75,7 +52,7 @@ _TRAIN_OWN = {"model", "ref_model", "train_data", "train_split", "eval_data", "e
 
 TrainBlock = derived_block(
     "TrainBlock", TrainConfig, _TRAIN_OWN,
-    "How each iteration trains π_(t+1) from π_t (the `train:` block; keys of `prefero train`).",
+    "How each iteration trains π_(t+1) from π_t (the `train:` block; keys of `prefero train`).", __name__,
     own={"loss": (str | None, option(None, "method sppo: sppo (the default) | method iterative: any paired loss "
                                        "(dpo, the default; simpo, ipo, hinge, robust, rdpo, cpo, orpo, sppo_hard, "
                                        "nca_pair)"))},
@@ -91,14 +68,10 @@ _EVAL_OWN = {"model", "outputs", "baseline_model", "baseline_outputs", "prompts"
 EvalBlock = derived_block(
     "EvalBlock", EvalConfig, _EVAL_OWN,
     "How the win rate of each iteration's policy against π_0 is measured on eval_prompts (the `eval:` block; "
-    "keys of `prefero eval`).",
+    "keys of `prefero eval`).", __name__,
     own={"judge": (JudgeConfig | None, option(None, "the judge of the win rate (none = the training judge); a judge "
                                                 "that compares (llm, openai) is asked both orders"))},
 )
-
-
-def _block(cls, help: str):
-    return field(default_factory=cls, metadata={"help": help})
 
 
 @dataclass
@@ -132,13 +105,13 @@ class SelfPlayConfig:
     output_dir: str = option("runs/selfplay", "where iter_1/, iter_2/, ..., summary.json and plots/ go")
     overwrite: bool = option(False, "replace an earlier run in output_dir: a finished one, or one with another "
                                 "config (an unfinished run with this config is always resumed)")
-    generation: SamplingBlock = _block(SamplingBlock, "sampling: num_completions (K), temperature, top_p, top_k, "
+    generation: SamplingBlock = block(SamplingBlock, "sampling: num_completions (K), temperature, top_p, top_k, "
                                                       "max_new_tokens, seed, batch_size, backend, ... (prefero "
                                                       "generate's keys)")
     judge: JudgeConfig | None = option(None, "the judge block: type and its settings (prefero judge's judge:)")
-    train: TrainBlock = _block(TrainBlock, "training of each iteration: learning_rate, beta, batch_size, "
+    train: TrainBlock = block(TrainBlock, "training of each iteration: learning_rate, beta, batch_size, "
                                            "max_steps/epochs, max_length, lora, ... (prefero train's keys)")
-    eval: EvalBlock = _block(EvalBlock, "the win rate against π_0: judge, generation (greedy by default), "
+    eval: EvalBlock = block(EvalBlock, "the win rate against π_0: judge, generation (greedy by default), "
                                         "bootstrap settings, ... (prefero eval's keys)")
 
     @property
@@ -152,9 +125,7 @@ class SelfPlayConfig:
     def validate(self) -> "SelfPlayConfig":
         from prefero.losses import get_loss
 
-        for key in ("model", "prompts", "output_dir"):
-            if not getattr(self, key):
-                raise ConfigError(f"`{key}` is required")
+        require(self, "model", "prompts", "output_dir")
         if self.judge is None:
             raise ConfigError("the `judge:` block is required (judge.type: reward_model | llm | openai | callable)")
         self.judge.validate()
@@ -197,25 +168,20 @@ class SelfPlayConfig:
         """Build the stages' configs with placeholder paths so their own checks run now,
         before anything is sampled; errors name the block."""
         checks = [
-            ("generation", lambda: GenerateConfig(**_values(self.generation), model=self.model, prompts="p",
+            ("generation", lambda: GenerateConfig(**block_values(self.generation), model=self.model, prompts="p",
                                                   output="o.jsonl").validate()),
-            ("train", lambda: TrainConfig(**{**_values(self.train), "loss": self.loss}, model=self.model,
+            ("train", lambda: TrainConfig(**{**block_values(self.train), "loss": self.loss}, model=self.model,
                                           train_data="d.jsonl").validate()),
             ("judge", lambda: JudgeRunConfig(input="i", output="o.jsonl", judge=self.judge, mode=self.judge_mode,
                                              batch_size=self.judge_batch_size).validate()),
-            ("eval", lambda: EvalConfig(**{**_values(self.eval), "judge": self.eval.judge or self.judge},
+            ("eval", lambda: EvalConfig(**{**block_values(self.eval), "judge": self.eval.judge or self.judge},
                                         model=self.model, baseline_outputs="b.jsonl", prompts="p").validate()),
         ]
-        for block, check in checks:
+        for name, check in checks:
             try:
                 check()
             except ConfigError as e:
-                raise ConfigError(f"{block}: {e}") from None
-
-
-def _values(block) -> dict:
-    """A block's keys and values (nested blocks kept as objects, not dicts)."""
-    return {f.name: getattr(block, f.name) for f in dataclasses.fields(block)}
+                raise ConfigError(f"{name}: {e}") from None
 
 
 #: Keys a resumed run may change: how many iterations, and what cannot change a result.

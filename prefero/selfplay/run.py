@@ -38,7 +38,6 @@ iterations already done.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -46,7 +45,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from prefero.config import ConfigError, TrainConfig, to_dict
+from prefero.config import ConfigError, TrainConfig, block_values, to_dict
 from prefero.data.errors import DataError
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.responses import generate_config as eval_generate_config
@@ -117,13 +116,9 @@ def prompt_slices(total: int, iterations: int, per_iteration: int, source: str =
 # --------------------------------------------------------------------------- the stages' configs
 
 
-def _block_values(block) -> dict:
-    return {f.name: getattr(block, f.name) for f in dataclasses.fields(block)}
-
-
 def generate_config(cfg: SelfPlayConfig, n: int) -> GenerateConfig:
     d = iteration_dir(cfg, n)
-    values = _block_values(cfg.generation)
+    values = block_values(cfg.generation)
     # another seed per iteration: with the same prompts every iteration, one seed would
     # draw the same random numbers for every policy
     values["seed"] = cfg.generation.seed + n - 1
@@ -150,7 +145,7 @@ def train_config(cfg: SelfPlayConfig, n: int) -> TrainConfig:
     training run a kill interrupted: `resume=true` continues it from its newest checkpoint
     (or from step 0 when it has none, replacing what it had written)."""
     d = iteration_dir(cfg, n)
-    values = _block_values(cfg.train)
+    values = block_values(cfg.train)
     values["loss"] = cfg.loss
     return TrainConfig(**values, model=policy_path(cfg, n - 1), ref_model=reference_path(cfg, n),
                        train_data=str(d / "pairs.jsonl"), output_dir=str(d / "model"),
@@ -211,7 +206,7 @@ def _label(cfg: SelfPlayConfig, n: int) -> None:
 
 
 def _eval_config(cfg: SelfPlayConfig, model: str, output_dir: Path, **sides) -> EvalConfig:
-    values = _block_values(cfg.eval)
+    values = block_values(cfg.eval)
     values["judge"] = cfg.eval.judge or cfg.judge
     return EvalConfig(**values, **sides, model=model, prompts=cfg.eval_prompts, prompt_column=cfg.prompt_column,
                       trust_remote_code=cfg.generation.trust_remote_code, output_dir=str(output_dir))
