@@ -230,13 +230,14 @@ def describe_changes(old: dict | None, new: dict, limit: int = 5) -> str:
         if key in _PHRASES:
             parts.append(_PHRASES[key])
         elif key == "judge" and isinstance(a, dict) and isinstance(b, dict):
-            parts.append("judge changed: " + ", ".join(_nested_changes(a, b, "judge.")[:3]))
+            parts.append("judge changed: " + ", ".join(nested_changes(a, b, "judge.")[:3]))
         else:
             parts.append(f"{key}: {_short(a)} -> {_short(b)}")
     return "; ".join(parts[:limit]) + ("; ..." if len(parts) > limit else "")
 
 
-def _nested_changes(a: dict, b: dict, prefix: str) -> list[str]:
+def nested_changes(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Each differing key of two nested dicts, dotted, in words ("judge.model: 'a' -> 'b'")."""
     out = []
     for key in sorted(set(a) | set(b), key=str):
         x, y = a.get(key), b.get(key)
@@ -247,7 +248,7 @@ def _nested_changes(a: dict, b: dict, prefix: str) -> list[str]:
         elif key.endswith("_sha256"):
             out.append(f"{prefix}{key[:-len('_sha256')]} changed")
         elif isinstance(x, dict) and isinstance(y, dict):
-            out.extend(_nested_changes(x, y, f"{prefix}{key}."))
+            out.extend(nested_changes(x, y, f"{prefix}{key}."))
         else:
             out.append(f"{prefix}{key}: {_short(x)} -> {_short(y)}")
     return out

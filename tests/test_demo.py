@@ -146,6 +146,11 @@ def test_splits_are_disjoint_in_topic_and_count():
                                                            "test": 3 * len(TOPICS)}
     for name in SPLITS:  # every topic and every count in every split
         assert {t for t, _ in pairs[name]} == set(TOPICS) and {n for _, n in pairs[name]} == set(COUNTS)
+    # no topic is trained on counts of one parity only: the topic must not predict the count's
+    # parity, or a held-out (topic, N) asks for what training taught the topic never to do
+    for topic in TOPICS:
+        trained = [n for t, n in pairs["train"] if t == topic]
+        assert sorted(n % 2 for n in trained) == [0, 0, 1, 1], (topic, trained)
     files = task_files()
     assert {r["prompt"] for r in files["demo_task_sft.jsonl"]} == {p for p, _ in split["train"]}
     assert [r["prompt"] for r in files["demo_task_prompts.jsonl"]] == [p for p, _ in split["train"]]
@@ -339,7 +344,8 @@ def test_resumed_demo_redoes_no_finished_stage(quick_demo, capsys):
     printed = capsys.readouterr().out
     assert printed.count("(done earlier)") == len(report["timing"]["seconds"])
     assert again["methods"] == report["methods"] and again["sft"] == report["sft"]
-    with pytest.raises(ConfigError, match="other settings \\(seed\\)"):
+    with pytest.raises(ConfigError, match=r"stage 'base' finished with other inputs or settings \(config.seed: 0 -> 1\); "
+                                          r"rerun with those to reuse it, or run without resume=true to start over"):
         run_demo(load_config(None, [f"output_dir={out}", "quick=true", "resume=true", "seed=1"], cls=DemoConfig))
 
 

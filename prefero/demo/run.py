@@ -19,8 +19,9 @@ config it builds (`prefero.train.train`, `run_generate`, `run_judge`, `run_label
       logs/STAGE.log           what each stage printed
       report.json report.md    the comparison
 
-A finished stage is recorded in `.stages/STAGE.json` (with what it measured); with
-`resume=true` an interrupted demo skips those and reruns the unfinished one (self-play,
+A finished stage is recorded in `stages.json` (`prefero.stages`: with what it measured, and
+the settings and task files it ran with); with `resume=true` an interrupted demo skips those
+(refusing other settings) and reruns the unfinished one (self-play,
 generation, judging and evaluation pick up their own partial work; a training stage
 restarts: none takes a minute). Without it, an earlier demo's directory is replaced and nothing else is ever
 touched (`prefero.outputs`).
@@ -39,9 +40,10 @@ from pathlib import Path
 from prefero.config import ConfigError, load_config
 from prefero.demo import asset
 from prefero.demo.config import QUICK_EVAL_PROMPTS, DemoConfig
-from prefero.demo.task import EVAL_PROMPT_FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION
-from prefero.files import atomic_write_json, atomic_write_text
+from prefero.demo.task import EVAL_PROMPT_FILES, FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION
+from prefero.files import atomic_write_text
 from prefero.outputs import check_output_dir, claim_output_dir, owner
+from prefero.stages import Runner, Stage, content_id
 
 #: Longest answer: 10 words and a period are 11 tokens; more is an answer that ran on.
 MAX_NEW_TOKENS = 16
@@ -82,35 +84,33 @@ _STAGE_OUTPUT = _Redirect()
 
 
 class Stages:
-    """Which stages are finished (a JSON file each, holding what the stage measured), and
-    running one: its output captured in logs/, its time measured, one line on the terminal."""
+    """The demo's stages through the run directory's stage runner (`prefero.stages`): each
+    one's output captured in logs/, its time measured, one line on the terminal. Every
+    stage's fingerprint is the demo's settings and the task's shipped files, so a resumed
+    demo with other settings is refused naming the first stage and setting that differ."""
 
-    def __init__(self, out: Path, resume: bool):
-        self.out = out
-        self.dir = out / ".stages"
-        self.resume = resume
+    def __init__(self, runner: Runner, settings: dict):
+        self.runner, self.settings = runner, settings
+        self.out = runner.dir
         self.seconds: dict[str, float] = {}
         self.seconds_this_run = 0.0
 
     def run(self, name: str, what: str, fn):
-        marker = self.dir / f"{name}.json"
-        if self.resume and marker.exists():
-            record = json.loads(marker.read_text())
-            self.seconds[name] = record["seconds"]
-            print(f"  {what:<{WIDTH}} (done earlier)", flush=True)
-            return record["result"]
         print(f"  {what:<{WIDTH}} ", end="", flush=True)
-        log = self.out / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f):
-            result = fn()
-        seconds = time.perf_counter() - start
-        self.seconds[name] = seconds
-        self.seconds_this_run += seconds
-        print(f"{seconds:5.0f} s", flush=True)
-        self.dir.mkdir(exist_ok=True)
-        atomic_write_json(marker, {"seconds": seconds, "result": result})
+
+        def work():
+            log = self.out / "logs" / f"{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f):
+                return fn()
+
+        result = self.runner.run(Stage(name, work, settings=self.settings))
+        self.seconds[name] = self.runner.seconds(name)
+        if name in self.runner.skipped:
+            print("(done earlier)", flush=True)
+        else:
+            self.seconds_this_run += self.seconds[name]
+            print(f"{self.seconds[name]:5.0f} s", flush=True)
         return result
 
 
@@ -126,19 +126,24 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
             overrides += [f"max_steps={steps}", "quick=true"]
         cfg = load_config(None, overrides, cls=DemoConfig)
     out = Path(cfg.output_dir)
-    _claim(out, cfg)
-    started = time.perf_counter()
-    print(f"prefero demo: a tiny Llama trained from scratch on a task a verifier can judge, then DPO, SimPO "
-          f"and SPPO; {'the reduced demo; ' if cfg.quick else ''}writing to {out}", flush=True)
-    stages = Stages(out, cfg.resume)
-    with one_thread():
-        results = Pipeline(cfg.effective(), out, stages).run()
-    from prefero.demo.report import build_report, print_summary, write_demo_report
+    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "output_dir")},
+                "task_files": {name: content_id(Path(asset(name))) for name in FILES}}
+    # the lock first (it lies beside output_dir): a second demo on the same directory fails
+    # before it can clear what the first is writing
+    with Runner(out, redo="run without resume=true to start over") as runner:
+        _claim(out, cfg)
+        started = time.perf_counter()
+        print(f"prefero demo: a tiny Llama trained from scratch on a task a verifier can judge, then DPO, SimPO "
+              f"and SPPO; {'the reduced demo; ' if cfg.quick else ''}writing to {out}", flush=True)
+        stages = Stages(runner, settings)
+        with one_thread():
+            results = Pipeline(cfg.effective(), out, stages).run()
+        from prefero.demo.report import build_report, print_summary, write_demo_report
 
-    # the whole demo's time: stages an earlier (interrupted) run finished count at their recorded times
-    total = time.perf_counter() - started - stages.seconds_this_run + sum(stages.seconds.values())
-    report = build_report(cfg.effective(), results, stages.seconds, total)
-    write_demo_report(out, report)
+        # the whole demo's time: stages an earlier (interrupted) run finished count at their recorded times
+        total = time.perf_counter() - started - stages.seconds_this_run + sum(stages.seconds.values())
+        report = build_report(cfg.effective(), results, stages.seconds, total)
+        write_demo_report(out, report)
     print_summary(report, out)
     return report
 
@@ -160,25 +165,18 @@ def one_thread():
 
 
 def _claim(out: Path, cfg: DemoConfig) -> None:
-    """Replace an earlier demo (never anything else), or check a resumed one is this config's."""
-    saved = out / "demo_config.json"
+    """Replace an earlier demo (never anything else), or keep a resumed one (whose stages the
+    runner checks against this config's)."""
     if cfg.resume and out.exists() and any(out.iterdir()):
         who = owner(out)
         if who != "demo":
             whose = f"was written by `prefero {who}`" if who else "holds files prefero did not write"
             raise ConfigError(f"output_dir {out} {whose}; resume=true continues a demo only")
-        if saved.exists():
-            old, new = json.loads(saved.read_text()), asdict(cfg)
-            changed = [k for k in new if k != "resume" and old.get(k) != new[k]]
-            if changed:
-                raise ConfigError(f"output_dir {out} holds a demo with other settings ({', '.join(changed)}); "
-                                  "resume with the same settings, or run without resume=true to start over")
         claim_output_dir(out, "demo", clear=False)
     else:
         clear = check_output_dir(out, overwrite=True, resume=False, key="--output-dir",
                                  may_replace=lambda who: who == "demo")
         claim_output_dir(out, "demo", clear)
-    atomic_write_json(saved, asdict(cfg))
 
 
 class Pipeline:

@@ -96,9 +96,12 @@ COUNTS = range(3, 11)
 #: How often a demonstration has the right count; the wrong ones are 1 or 2 words off.
 DEMO_ACCURACY = 0.45
 _DEMO_ERRORS = (-2, -1, 1, 2)
-#: How each topic's eight counts are split (see `split_prompts`): 4 training, 1 validation, 3 test,
-#: alternating, so a held-out count lies between two trained ones (3, 5, 7, 9 trained; 4, 6, 8, 10 not).
-_SPLIT_PATTERN = ("train", "test", "train", "validation", "train", "test", "train", "test")
+#: How each topic's eight counts are split (see `split_prompts`): 4 training, 1 validation, 3 test.
+#: The four trained counts hold two odd and two even ones at every shift, so no topic is trained
+#: on one parity only. (The alternating pattern this replaced, 3, 5, 7, 9 trained for half the
+#: topics and 4, 6, 8, 10 for the other half, let the topic predict the parity of its count:
+#: the model learned that pairing, and preference training did not raise held-out accuracy.)
+_SPLIT_PATTERN = ("train", "train", "test", "validation", "train", "test", "test", "train")
 SPLITS = ("train", "validation", "test")
 _TASK_SEED = 11
 
@@ -254,9 +257,10 @@ def split_prompts(seed: int = _TASK_SEED) -> dict[str, list]:
     """{"train", "validation", "test"}: lists of (prompt text, task), disjoint in (topic, N).
 
     Each topic's eight counts are dealt 4 / 1 / 3 to the three splits by `_SPLIT_PATTERN`,
-    alternating, so each held-out count of a topic lies between (or next to) counts
-    training saw it with; the pattern is shifted by one count per topic (in a seeded topic
-    order), so every split holds every topic and every count equally often, but never a
+    two odd and two even counts to training, so each held-out count of a topic lies
+    between (or next to) counts training saw it with, of either parity; the pattern is
+    shifted by one count per topic (in a seeded topic order), so every split holds every
+    topic and every count equally often, but never a
     (topic, N) pair another split holds: a test prompt asks for a count of a topic that
     training only saw with other counts. All five phrasings of a pair go to its split.
     Each split is in a seeded order.
