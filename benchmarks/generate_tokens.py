@@ -67,8 +67,8 @@ def plain_loop(model_dir: Path, prompts: list[str], args) -> dict:
 
 
 def prefero_run(model_dir: Path, prompts_path: Path, out: Path, args) -> dict:
-    from prefero.config import load_config
     from prefero.generate import GenerateConfig, run_generate
+    from prefero.options import load_config
 
     cfg = load_config(None, [f"model={model_dir}", f"prompts={prompts_path}", f"output={out}", "overwrite=true",
                              f"num_completions={args.k}", f"max_new_tokens={args.max_new_tokens}",

@@ -28,8 +28,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from prefero.config import RESUMABLE_KEYS, ConfigError
+from prefero.config import RESUMABLE_KEYS
 from prefero.files import atomic_write_text
+from prefero.options import ConfigError
 
 # Full (unsharded) state dicts, gathered to CPU: the same files whether the run was one
 # process, DDP or FSDP, so a checkpoint resumes under any of them.

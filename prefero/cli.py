@@ -21,8 +21,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from prefero.config import option_lines
 from prefero.errors import PreferoError
+from prefero.options import option_lines
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "demo":
-            from prefero.config import load_config
             from prefero.demo import DemoConfig, run_demo
+            from prefero.options import load_config
 
             overrides = list(args.overrides)
             if args.output_dir:
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         cmd = next(c for c in COMMANDS if c.name == args.command)
-        from prefero.config import load_config, read_yaml
         from prefero.judges.config import type_switch_overrides
+        from prefero.options import load_config, read_yaml
 
         config, overrides = _config_args(args)
         if config is not None:  # judge.type=... on the command line replaces the file's judge type

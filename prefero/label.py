@@ -52,13 +52,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefero.config import ConfigError, option
 from prefero.data.errors import DataError
 from prefero.data.formats import Dropped, Where, text_value, was_cut
 from prefero.data.read import iter_rows
 from prefero.files import atomic_write_json, write_jsonl_atomic
 from prefero.judges import sigmoid, win_rates
 from prefero.judges.run import completion_text
+from prefero.options import ConfigError, option
 from prefero.report_stats import finite_mean
 from prefero.stage_files import OutputLock, check_output_file, make_folder
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prefero.attention import completion_hidden, output_logit_transform, unwrap_causal_lm
 from prefero.batching import PackedBatch
 
 
@@ -107,18 +108,6 @@ def _head_logprobs(h, tgt, head, softcap, logit_scale):
     return logits.gather(1, tgt[:, None]).squeeze(1) - logits.logsumexp(-1)
 
 
-def unwrap_causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers CausalLM under DDP/FSDP/PEFT wrappers."""
-    m = model
-    while True:
-        if hasattr(m, "module") and isinstance(m.module, nn.Module):  # DDP
-            m = m.module
-        elif hasattr(m, "get_base_model") and callable(m.get_base_model):  # PEFT
-            m = m.get_base_model()
-        else:
-            return m
-
-
 class CompletionLogProbs(nn.Module):
     """Wraps a causal LM; forward(batch) gives the summed log-prob of each completion.
 
@@ -132,7 +121,6 @@ class CompletionLogProbs(nn.Module):
 
     def forward(self, batch: PackedBatch) -> tuple[Tensor, Tensor]:
         """Returns (sums [S] float32, token log-probs [N] float32)."""
-        from prefero.attention import completion_hidden, output_logit_transform
 
         lm = unwrap_causal_lm(self.model)
         hidden = completion_hidden(self.model, batch)

@@ -33,13 +33,13 @@ from prefero.checkpoint import (
     save_checkpoint,
     truncate_metrics,
 )
-from prefero.config import ConfigError, to_dict
 from prefero.data import DataOptions
 from prefero.errors import PreferoError
 from prefero.files import atomic_write_text
 from prefero.log import get_logger
 from prefero.model import save_model
 from prefero.optim import make_optimizer, make_scheduler
+from prefero.options import ConfigError, to_dict
 from prefero.outputs import check_output_dir, claim_output_dir
 
 log = get_logger(__name__)

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefero.config import ConfigError, LoraConfig
+from prefero.config import LoraConfig
 from prefero.errors import first_line
+from prefero.options import ConfigError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
@@ -135,7 +136,8 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtyp
     against its plain forward at load and refused when it differs."""
     from transformers import AutoModelForCausalLM
 
-    from prefero.attention import check_untested_family, disable_dropout
+    from prefero.attention import disable_dropout
+    from prefero.exactness import check_untested_family
 
     impl, why = resolve_attention(name, attention, trust_remote_code, key)
     extra = check_model_source(name, key, tokenizer=False)

@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from prefero.config import ConfigError
 from prefero.errors import PreferoError, first_line
 from prefero.openai_replies import Reply, malformed_reason, parse_chat, parse_completion
+from prefero.options import ConfigError
 
 log = logging.getLogger("prefero.openai")
 T = TypeVar("T")

@@ -13,8 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from prefero.config import ConfigError
 from prefero.files import atomic_write_text
+from prefero.options import ConfigError
 
 MARKER = ".prefero-output"
 
@@ -59,3 +59,6 @@ def claim_output_dir(out: Path, command: str, clear: bool) -> None:
             atomic_write_text(out / MARKER, json.dumps({"command": command}) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot create {out}: {e.strerror}") from None
+
+#: The file beside a pairwise preference model that says how it reads its input.
+PAIRWISE_MODEL_FILE = "prefero_pairwise_model.json"

@@ -53,12 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, is_conversational, parse_pair, prompt_messages, text_value
 from prefero.data.options import DataOptions
 from prefero.data.read import iter_rows
 from prefero.files import atomic_write_text, fsync_dir, remove_stale_temporaries, scrub_credentials, writing
+from prefero.options import ConfigError
 from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder
 
 __all__ = ["Prompt", "StageOutput", "partial_paths", "read_jsonl_rows", "read_prompts"]

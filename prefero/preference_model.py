@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefero.config import ConfigError, option
 from prefero.data import load_pairs
 from prefero.files import atomic_write_text
 from prefero.log import get_logger
 from prefero.loop import data_options
+from prefero.options import ConfigError, option
+from prefero.outputs import PAIRWISE_MODEL_FILE
 from prefero.reward_model import HeadConfig, RewardTrainer
-from prefero.scoring import PAIRWISE_MODEL_FILE, pairwise_group, pairwise_logits
+from prefero.scoring import pairwise_group, pairwise_logits
 
 log = get_logger(__name__)
 

@@ -90,13 +90,6 @@ def cache_key(groups: list, model_name: str, precision: str, settings: dict) -> 
     return hashlib.sha256(blob).hexdigest()[:32], parts
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("PREFERO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prefero"
-    )
-    return Path(root) / "reference"
-
-
 def load_cached(cache_dir: Path, key: str) -> Tensor | None:
     path = cache_dir / f"{key}.safetensors"
     if not path.exists():

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from prefero.batching import PackedBatch, pack_groups, pair_groups
-from prefero.config import ConfigError, LoopConfig, LoraConfig, option
+from prefero.config import LoopConfig, LoraConfig
 from prefero.data import DataError, DataReport, load_pairs
 from prefero.data.limits import check_run_lengths
 from prefero.data.read import iter_rows
@@ -28,6 +28,7 @@ from prefero.log import get_logger
 from prefero.loop import Loop, data_options
 from prefero.losses import bradley_terry
 from prefero.model import apply_lora, load_tokenizer
+from prefero.options import ConfigError, option
 
 # Scoring lives in prefero.scoring (judges use it without the training loop); these names
 # stay importable from here.

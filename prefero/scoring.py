@@ -25,13 +25,15 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from prefero.attention import unwrap_causal_lm
 from prefero.batching import PackedBatch, pack_groups
-from prefero.config import ConfigError
 from prefero.data.formats import Where, completion_messages, is_conversational, prompt_messages, text_value
 from prefero.data.tokenize import Encoder
 from prefero.errors import first_line
-from prefero.logprobs import unwrap_causal_lm
+from prefero.exactness import refuse_if_inexact
 from prefero.model import check_model_source, resolve_attention
+from prefero.options import ConfigError
+from prefero.tiny import TINY_FAMILIES
 
 
 def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dtype=torch.float32,
@@ -69,10 +71,8 @@ def load_reward_model(name: str, tokenizer, trust_remote_code: bool = False, dty
 
 
 def _check_untested_family(model: nn.Module, tokenizer) -> None:
-    """The reward-model side of `prefero.attention.check_untested_family`: packed scores of
+    """The reward-model side of `prefero.exactness.check_untested_family`: packed scores of
     a family outside the tested matrix must equal transformers' padded forward."""
-    from prefero.attention import refuse_if_inexact
-    from prefero.tiny import TINY_FAMILIES
 
     if getattr(model.config, "model_type", "?") in TINY_FAMILIES:
         return
@@ -178,8 +178,6 @@ def encode_group(encoder: Encoder, prompt, completions: Sequence, where: Where,
 
 # --------------------------------------------------------------------------- pairwise models
 
-#: The file beside a pairwise preference model that says how it reads its input.
-PAIRWISE_MODEL_FILE = "prefero_pairwise_model.json"
 
 
 def pairwise_group(prompt_ids: Sequence[int], a_ids: Sequence[int], b_ids: Sequence[int],

@@ -26,8 +26,8 @@ import weakref
 from pathlib import Path
 from typing import Iterable
 
-from prefero.config import ConfigError
 from prefero.log import get_logger
+from prefero.options import ConfigError
 
 log = get_logger(__name__)
 

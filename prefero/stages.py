@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from prefero.config import ConfigError
 from prefero.files import atomic_write_json, scrub_credentials
+from prefero.options import ConfigError
 from prefero.stage_files import OutputLock, nested_changes
 
 MANIFEST = "stages.json"
@@ -185,3 +185,14 @@ class Runner:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._load()[name] = json.loads(json.dumps(record, default=str))
         atomic_write_json(self.path, {"stages": self.stages})
+
+
+def finished_stages(directory: str | os.PathLike) -> set[str]:
+    """The stages the manifest of `directory` records as finished (read without the lock: for
+    reports written while, or after, a run holds it)."""
+    path = Path(directory) / MANIFEST
+    try:
+        stages = json.loads(path.read_text(encoding="utf-8"))["stages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name, record in stages.items() if record.get("finished")}

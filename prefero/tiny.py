@@ -169,7 +169,7 @@ def save_tiny_scorer(directory: str | Path, pairwise: bool = False, seed: int = 
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from prefero.scoring import PAIRWISE_MODEL_FILE
+    from prefero.outputs import PAIRWISE_MODEL_FILE
 
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from prefero.batching import pack_groups
-from prefero.config import ConfigError, TrainConfig
+from prefero.config import TrainConfig
 from prefero.data import DataReport, load_examples, load_pairs
 from prefero.data.limits import check_run_lengths
 from prefero.logprobs import CompletionLogProbs, unwrap_causal_lm
@@ -27,6 +27,7 @@ from prefero.model import (
     load_tokenizer,
     resolve_attention,
 )
+from prefero.options import ConfigError
 from prefero.reference import cache_key, load_cached, precompute_logps, store_cached
 
 

@@ -24,10 +24,11 @@ import torch
 
 from prefero.attention import choose_attention, disable_dropout
 from prefero.batching import pack_groups
-from prefero.config import ConfigError, LoraConfig, load_config
+from prefero.config import LoraConfig, load_config
 from prefero.demo import asset
 from prefero.logprobs import CompletionLogProbs, padded_completion_logps
 from prefero.model import apply_lora, load_causal_lm, load_tokenizer, save_model
+from prefero.options import ConfigError
 from prefero.tiny import TINY_FAMILIES, build_tiny_model, save_tiny_model, tiny_config
 
 REFUSED = {"bloom"}

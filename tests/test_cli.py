@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from prefero.config import TrainConfig, field_docs
+from prefero.config import TrainConfig
 from prefero.demo import asset
+from prefero.options import field_docs
 
 
 def prefero(*args, cwd=None):

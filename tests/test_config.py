@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from prefero.config import ConfigError, load_config, option, option_lines
+from prefero.config import load_config
+from prefero.options import ConfigError, option, option_lines
 from prefero.train import TrainConfig
 
 BASE = ["model=m", "train_data=d.jsonl"]

@@ -14,8 +14,8 @@ from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
 from jsonl_files import write_jsonl
 from prefero.cli import main
-from prefero.config import ConfigError
 from prefero.data.limits import ContextLimit, check_max_length, context_limit
+from prefero.options import ConfigError
 from prefero.tiny import demo_records
 
 

@@ -106,8 +106,9 @@ def test_deepspeed_is_refused_with_a_clear_error(tiny_model_dir, tmp_path, monke
     import accelerate
     from accelerate.utils import DistributedType
 
-    from prefero.config import ConfigError, load_config
+    from prefero.config import load_config
     from prefero.demo import asset
+    from prefero.options import ConfigError
     from prefero.train import Trainer
 
     class DeepSpeedAccelerator(accelerate.Accelerator):

@@ -27,7 +27,6 @@ import pytest
 import torch
 
 from jsonl_files import write_jsonl
-from prefero.config import ConfigError, load_config
 from prefero.data.errors import DataError
 from prefero.evaluate import compare
 from prefero.evaluate.config import EvalConfig
@@ -37,6 +36,7 @@ from prefero.evaluate.responses import match_responses, prompt_key, read_outputs
 from prefero.evaluate.run import run_eval
 from prefero.judges import Item
 from prefero.judges.config import JudgeConfig
+from prefero.options import ConfigError, load_config
 from prefero.pipeline_io import read_prompts
 
 RTOL = 1e-5  # see the module docstring

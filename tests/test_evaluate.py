@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-from prefero.config import ConfigError, load_config
 from prefero.data.errors import DataError
 from prefero.evaluate import (
     bootstrap_ci,
@@ -48,6 +47,7 @@ from prefero.evaluate.plots import (
 )
 from prefero.evaluate.report import pick_examples, render_markdown
 from prefero.files import atomic_path, atomic_write_text
+from prefero.options import ConfigError, load_config
 
 EXACT = 1e-12  # float64 sums of ≤ a few hundred O(1) terms
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from prefero.cli import main
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.data.report import DataReport
 from prefero.errors import PreferoError
@@ -22,6 +21,7 @@ from prefero.files import WriteFailed, atomic_write_json, atomic_write_text
 from prefero.judges import EXIT_JUDGE, JudgeError
 from prefero.loop import TrainingError
 from prefero.openai_client import OpenAIError
+from prefero.options import ConfigError
 
 
 def umask() -> int:

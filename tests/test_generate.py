@@ -22,12 +22,12 @@ from jsonl_files import write_jsonl
 from launching import ONE_THREAD_ENV, launch
 from openai_server import FakeOpenAIServer
 from prefero.cli import main
-from prefero.config import ConfigError, load_config
 from prefero.data import DataError
 from prefero.generate import GenerateConfig, report_path, run_generate
 from prefero.generate.prompts import batch_seed, encode_prompt, model_prompt, prompt_seed, prompts_sha256
 from prefero.generate.transformers_backend import TransformersSampler, completion_ids, left_pad
 from prefero.openai_client import OpenAIError
+from prefero.options import ConfigError, load_config
 from prefero.pipeline_io import StageOutput, partial_paths, read_jsonl_rows, read_prompts
 from prefero.tiny import demo_records
 

@@ -21,7 +21,6 @@ import torch
 
 from jsonl_files import write_jsonl
 from prefero.cli import main
-from prefero.config import ConfigError, load_config
 from prefero.data import DataError, DataOptions, load_pairs
 from prefero.data.formats import Where
 from prefero.judges import (
@@ -41,6 +40,7 @@ from prefero.judges.prompts import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
 from prefero.judges.reward_model import RewardModelJudge
 from prefero.judges.run import read_items, report_path, run_judge
 from prefero.model import load_causal_lm, load_tokenizer
+from prefero.options import ConfigError, load_config
 from prefero.scoring import load_reward_model, score
 
 RTOL = 1e-5  # see the module docstring

@@ -9,11 +9,12 @@ import random
 import pytest
 
 from jsonl_files import read_jsonl, write_jsonl
-from prefero.config import ConfigError, load_config
+from prefero.config import load_config
 from prefero.data import DataError, load_pairs
 from prefero.data.formats import Dropped
 from prefero.label import LabelConfig, bradley_terry_matrix, choose_pair, choose_sppo, run_label
 from prefero.model import load_tokenizer
+from prefero.options import ConfigError
 from prefero.tiny import demo_records
 
 LN3 = math.log(3)

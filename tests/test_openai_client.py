@@ -11,8 +11,8 @@ from email.utils import formatdate
 import pytest
 
 from openai_server import FakeOpenAIServer
-from prefero.config import ConfigError
 from prefero.openai_client import OpenAIClient, OpenAIError, parse_retry_after, retry_delay
+from prefero.options import ConfigError
 from prefero.processes import free_port
 
 KEY = "sk-test-9f8e7d6c5b4a"

@@ -13,13 +13,13 @@ import pytest
 
 from jsonl_files import write_jsonl
 from prefero.cli import main
-from prefero.config import load_config
 from prefero.data.formats import Where
 from prefero.judges import EXIT_JUDGE, Item, JudgeError, pairwise_matrices
 from prefero.judges.config import JudgeConfig, JudgeRunConfig
 from prefero.judges.openai import OpenAIJudge, probs_from_logprobs
 from prefero.judges.prompts import expected_rating, parse_choice, parse_rating
 from prefero.judges.run import run_judge
+from prefero.options import load_config
 from prefero.processes import free_port
 
 

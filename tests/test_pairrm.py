@@ -16,12 +16,12 @@ from torch import nn
 
 from jsonl_files import write_jsonl
 from prefero.cli import main
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.data.formats import Where
 from prefero.judges import Item
 from prefero.judges.config import JudgeConfig
 from prefero.judges.pairrm import PairRMJudge, is_pairrm, pair_ids
+from prefero.options import ConfigError
 from prefero.tiny import demo_corpus
 
 SPECIAL = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "<|source|>", "<|candidate1|>", "<|candidate2|>"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from jsonl_files import write_jsonl
-from prefero.config import ConfigError, load_config
 from prefero.data.formats import Where
 from prefero.demo import asset
 from prefero.judges import Item
 from prefero.judges.config import JudgeConfig
 from prefero.judges.pairwise_model import PairwiseModelJudge
+from prefero.options import ConfigError, load_config
 from prefero.preference_model import PreferenceModelConfig, PreferenceModelTrainer
 from prefero.scoring import load_reward_model, padded_scores, pairwise_group
 

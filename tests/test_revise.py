@@ -24,11 +24,12 @@ import pytest
 from jsonl_files import write_jsonl
 from openai_server import FakeOpenAIServer
 from prefero.cli import main
-from prefero.config import ConfigError, load_config
+from prefero.config import load_config
 from prefero.data import DataError, load_examples, load_pairs
 from prefero.generate.prompts import prompt_seed
 from prefero.generate.sampler import Sample
 from prefero.model import load_tokenizer
+from prefero.options import ConfigError
 from prefero.pipeline_io import partial_paths
 from prefero.revise import (
     ReviseConfig,

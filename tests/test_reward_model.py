@@ -13,10 +13,10 @@ from torch import nn
 
 from jsonl_files import write_jsonl
 from prefero.batching import pack_groups
-from prefero.config import ConfigError, load_config
 from prefero.data import DataError, DataOptions, load_pairs
 from prefero.demo import asset
 from prefero.model import load_tokenizer
+from prefero.options import ConfigError, load_config
 from prefero.reward_model import (
     RewardConfig,
     RewardTrainer,
@@ -286,7 +286,7 @@ def test_cli_rm_end_to_end(tiny_model_dir, tmp_path):
 
 def test_cli_rm_help_lists_every_option(capsys):
     from prefero.cli import main
-    from prefero.config import field_docs
+    from prefero.options import field_docs
 
     with pytest.raises(SystemExit) as exit_:
         main(["rm", "--help"])

@@ -7,9 +7,10 @@ import re
 import pytest
 import torch
 
-from prefero.config import ConfigError, load_config
+from prefero.config import load_config
 from prefero.demo import asset, run_demo
 from prefero.model import check_model_source
+from prefero.options import ConfigError
 from prefero.outputs import MARKER
 from prefero.processes import free_port
 from prefero.train import Trainer

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from jsonl_files import read_jsonl, write_jsonl
-from prefero.config import ConfigError, load_config
 from prefero.data import DataError
 from prefero.label import choose_pair
+from prefero.options import ConfigError, load_config
 from prefero.selfplay import SelfPlayConfig, run_selfplay
 from prefero.selfplay import run as sp_run
 from prefero.selfplay.config import EvalBlock, SamplingBlock, TrainBlock
+from prefero.stages import MANIFEST, Runner, Stage, finished_stages
 
 pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
@@ -180,10 +181,12 @@ def test_sppo_two_iterations_equal_a_hand_computation(uninterrupted, tiny_model_
 #: the model's files (the evaluation's settings beside its responses, so a model retrained in
 #: place is not reused): compared without those fields; every other file byte for byte.
 NOT_BYTE_IDENTICAL = {"generated.report.json", "baseline_responses.report.json", "policy_responses.report.json",
-                      "judged.report.json", "metrics.jsonl", "policy_responses.settings.json"}
+                      "judged.report.json", "metrics.jsonl", "policy_responses.settings.json", MANIFEST}
 
 
 def _without_times(path: Path):
+    if path.name == MANIFEST:  # the stages, in order, all finished (their times and models' metrics differ)
+        return [(name, record["finished"]) for name, record in json.loads(path.read_text())["stages"].items()]
     if path.name == "metrics.jsonl":
         return [{k: v for k, v in row.items() if k != "tokens/s"} for row in read_jsonl(path)]
     report = json.loads(path.read_text())
@@ -355,11 +358,11 @@ def test_run_directory_resumes_refuses_or_replaces(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(None, BASE + [f"output_dir={out}", "iterations=1"], cls=SelfPlayConfig)
     sp_run.prepare_output_dir(cfg)
-    (out / "iter_1").mkdir()
-    (out / "iter_1" / "generate.done").write_text("{}")
+    with Runner(out) as runner:
+        runner.run(Stage("iter_1/generate", lambda: None))
     more = load_config(None, BASE + [f"output_dir={out}", "iterations=3"], cls=SelfPlayConfig)
     sp_run.prepare_output_dir(more)  # more iterations: the same run, continued
-    assert (out / "iter_1" / "generate.done").exists()
+    assert finished_stages(out) == {"iter_1/generate"}
     assert json.loads((out / "selfplay_config.json").read_text())["iterations"] == 3
     other = load_config(None, BASE + [f"output_dir={out}", "train.beta=0.2"], cls=SelfPlayConfig)
     with pytest.raises(ConfigError, match=r"holds a self-play run with another config \(train.beta: None -> 0.2\)"):

@@ -23,13 +23,14 @@ import pytest
 
 from prefero import pipeline_io
 from prefero.cli import main
-from prefero.config import ConfigError, load_config
 from prefero.judges import run as judge_run
 from prefero.judges.config import JudgeRunConfig
 from prefero.judges.run import run_judge
 from prefero.label import LabelConfig, run_label
+from prefero.options import ConfigError, load_config
 from prefero.selfplay import run as sp_run
 from prefero.selfplay.config import SelfPlayConfig
+from prefero.stages import Stage
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -335,7 +336,7 @@ def test_selfplay_with_a_wrong_model_creates_nothing_and_the_corrected_rerun_run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "verifier.py"]  # no runs/, no lock
     stages = []
     monkeypatch.setattr(sp_run, "iteration_stages", lambda cfg, n, pool, indices: [
-        (name, lambda name=name: stages.append(name)) for name in sp_run.stage_names(cfg)])
+        Stage(name, lambda name=name: stages.append(name)) for name in sp_run.stage_names(cfg)])
     monkeypatch.setattr("prefero.selfplay.summary.write_summary", lambda cfg: {"per_iteration": [{}]})
     monkeypatch.setattr("prefero.selfplay.summary.iteration_line", lambda *a, **k: "")
     sp_run.run_selfplay(load_config(None, [f"model={tiny_model_dir}", *args], cls=SelfPlayConfig))

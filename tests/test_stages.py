@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from prefero.config import ConfigError
 from prefero.judges.config import JudgeConfig
 from prefero.judges.run import judge_identity
+from prefero.options import ConfigError
 from prefero.stages import MANIFEST, Runner, Stage, content_id
 
 

@@ -124,7 +124,7 @@ def test_lora_saves_adapter_and_merged(tiny_model_dir, tmp_path):
 
 
 def test_output_dir_not_overwritten(tiny_model_dir, tmp_path):
-    from prefero.config import ConfigError
+    from prefero.options import ConfigError
 
     out = tmp_path / "busy"
     out.mkdir()

@@ -91,7 +91,7 @@ def check_max_length(max_length: int, limit: ContextLimit | None, key: str = "ma
     Not clamped, defaults included: a run's saved config is then the config it used, and
     a resumed run or a reference cache key never disagrees with it.
     """
-    from prefero.config import ConfigError
+    from prefero.options import ConfigError
 
     if limit is None or max_length <= limit.tokens:
         return

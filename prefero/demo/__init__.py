@@ -16,12 +16,7 @@ against SFT), `report` (report.json, report.md, the terminal table).
 
 from __future__ import annotations
 
-from importlib import resources
-
-
-def asset(name: str) -> str:
-    """The path of a file shipped in prefero/assets."""
-    return str(resources.files("prefero") / "assets" / name)
+from prefero.demo.task import asset
 
 
 def __getattr__(name: str):

@@ -54,8 +54,8 @@ def eval_config(output_dir: str | Path, *, model: str | None = None, answers: st
                 pairs: str | Path | None = None, method: dict | None = None):
     """`prefero eval`'s config: `model` (or its `answers`) against `sft_answers` with the
     task's verifier; with `pairs`, the model's metrics on them under `method`'s loss."""
-    from prefero.config import load_config
     from prefero.evaluate.config import EvalConfig
+    from prefero.options import load_config
 
     values: list[str] = [f"output_dir={output_dir}", "overwrite=true", "max_length=48", "max_prompt_length=16"]
     values.append(f"model={model}" if model else f"outputs={answers}")

@@ -37,11 +37,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from prefero.config import ConfigError, load_config
-from prefero.demo import asset
 from prefero.demo.config import QUICK_EVAL_PROMPTS, DemoConfig
-from prefero.demo.task import EVAL_PROMPT_FILES, FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION
+from prefero.demo.task import EVAL_PROMPT_FILES, FILES, JUDGE_FUNCTION, LAX_JUDGE_FUNCTION, asset
 from prefero.files import atomic_write_text
+from prefero.options import ConfigError, load_config
 from prefero.outputs import check_output_dir, claim_output_dir, owner
 from prefero.stages import Runner, Stage, content_id
 

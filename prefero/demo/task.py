@@ -42,6 +42,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -316,6 +317,11 @@ def task_files() -> dict[str, list[dict]]:
         "demo_task_prompts.jsonl": [{"prompt": text} for text, _ in split["train"]],
         **{EVAL_PROMPT_FILES[name]: [{"prompt": text} for text, _ in split[name]] for name in EVAL_PROMPT_FILES},
     }
+
+
+def asset(name: str) -> str:
+    """The path of a file shipped in prefero/assets (the task's files among them)."""
+    return str(resources.files("prefero") / "assets" / name)
 
 
 def build_task_files(directory: str | Path) -> list[Path]:

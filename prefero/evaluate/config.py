@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, block, check_shorter, derived_block, option
 from prefero.generate.config import GenerateConfig
 from prefero.judges.config import TYPES as JUDGE_TYPES
 from prefero.judges.config import JudgeConfig
+from prefero.options import ConfigError, block, check_shorter, derived_block, option
 
 #: How a scoring judge's two numbers become P(policy ≻ baseline) (docs/evaluation.md).
 POINTWISE_RULES = ("auto", "sigmoid", "verdict")

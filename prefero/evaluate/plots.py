@@ -17,9 +17,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.files import atomic_path
+from prefero.options import ConfigError
 
 #: Training-curve panels: title, then the metrics.jsonl keys drawn in it (first found wins
 #: for alternatives such as the reward model's plain `accuracy`).

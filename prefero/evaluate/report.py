@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.evaluate.generation import GenerationStats, generation_stats
 from prefero.evaluate.metrics import (
@@ -41,6 +40,7 @@ from prefero.evaluate.metrics import (
 )
 from prefero.evaluate.pairs import PairMetrics
 from prefero.files import atomic_write_text, scrub_credentials
+from prefero.options import ConfigError
 
 REPORT_JSON, REPORT_MD, COMPARISONS = "report.json", "report.md", "comparisons.jsonl"
 #: Characters of each response shown in report.md; comparisons.jsonl keeps all of them.

@@ -24,13 +24,13 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, text_value
 from prefero.data.read import iter_rows
 from prefero.evaluate.config import EvalConfig
 from prefero.files import atomic_write_json, scrub_credentials
 from prefero.judges import text_key
+from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt, read_jsonl_rows
 from prefero.processes import Processes
 

@@ -35,7 +35,6 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from prefero.config import ConfigError
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.heldout import evaluate_pairs, load_eval_pairs
 from prefero.evaluate.judging import JUDGMENTS, judge_and_compare
@@ -47,6 +46,7 @@ from prefero.evaluate.responses import (
     read_outputs,
     responses_path,
 )
+from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt, read_prompts
 from prefero.processes import Processes, stage_processes
 from prefero.stage_files import OutputLock, check_output_dir_path, check_output_file, make_folder

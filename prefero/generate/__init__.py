@@ -1,6 +1,6 @@
 """`prefero generate`: sample K completions per prompt (docs/pipeline.md).
 
-    from prefero.config import load_config
+    from prefero.options import load_config
     from prefero.generate import GenerateConfig, run_generate
 
     report = run_generate(load_config("examples/generate.yaml", ["seed=1"], cls=GenerateConfig))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, check_fields, option, require
 from prefero.openai_client import check_base_urls
+from prefero.options import ConfigError, check_fields, option, require
 
 BACKENDS = ("transformers", "vllm", "openai")
 #: Keys that decide what is generated. A resumed run must agree on them (the partial

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from prefero.config import ConfigError
 from prefero.data.formats import Text, Where
+from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt
 
 

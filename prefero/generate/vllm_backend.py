@@ -8,7 +8,6 @@ backend and for training, and given to vLLM as token ids.
 
 from __future__ import annotations
 
-from prefero.config import ConfigError
 from prefero.generate.config import GenerateConfig
 from prefero.generate.prompts import (
     check_fits,
@@ -19,6 +18,7 @@ from prefero.generate.prompts import (
     uses_chat_template,
 )
 from prefero.generate.sampler import Sample
+from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt
 
 

@@ -24,8 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prefero.config import ConfigError
-from prefero.judges import Item, compare_by_scores
+from prefero.judges.base import Item, compare_by_scores
+from prefero.options import ConfigError
 
 
 def load_function(spec: str, key: str = "judge.function") -> Callable:

@@ -15,7 +15,7 @@ import json
 import string
 from dataclasses import dataclass, fields
 
-from prefero.config import ConfigError, check_shorter, option
+from prefero.options import ConfigError, check_shorter, option
 
 TYPES = ("reward_model", "pairwise_model", "llm", "openai", "callable")
 MODES = ("pointwise", "pairwise")

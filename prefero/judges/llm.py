@@ -29,9 +29,8 @@ from typing import Sequence
 
 import torch
 
-from prefero.config import ConfigError
 from prefero.data.limits import context_limit
-from prefero.judges import Item, ordered, unorder
+from prefero.judges.base import Item, ordered, unorder
 from prefero.judges.prompts import (
     CHOICES,
     RATINGS,
@@ -42,6 +41,7 @@ from prefero.judges.prompts import (
 )
 from prefero.judges.reward_model import DTYPES, resolve_device
 from prefero.model import load_causal_lm, load_tokenizer
+from prefero.options import ConfigError
 
 #: Appended to the judge prompt of a model without a chat template, which then answers
 #: after it (" 7", " A": the labels carry the leading space such a model writes).

@@ -30,7 +30,7 @@ import threading
 from collections import Counter
 from typing import Sequence
 
-from prefero.judges import Item, JudgeError, ordered, unorder
+from prefero.judges.base import Item, JudgeError, ordered, unorder
 from prefero.judges.prompts import (
     CHOICES,
     RATINGS,

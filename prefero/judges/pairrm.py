@@ -37,10 +37,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from prefero.config import ConfigError
-from prefero.judges import Item, ordered, pairwise_matrices, sigmoid, unorder, win_rates
+from prefero.judges.base import Item, ordered, pairwise_matrices, sigmoid, unorder, win_rates
 from prefero.judges.reward_model import DTYPES, resolve_device
 from prefero.model import load_tokenizer
+from prefero.options import ConfigError
 
 ARCHITECTURE = "DebertaV2PairRM"
 SOURCE_MAX_LENGTH = 1224

@@ -22,10 +22,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from prefero.config import ConfigError
-from prefero.judges import Item, ordered, pairwise_matrices, sigmoid, unorder, win_rates
+from prefero.judges.base import Item, ordered, pairwise_matrices, sigmoid, unorder, win_rates
 from prefero.judges.reward_model import RewardModelJudge
-from prefero.scoring import PAIRWISE_MODEL_FILE, padded_scores, pairwise_group
+from prefero.options import ConfigError
+from prefero.outputs import PAIRWISE_MODEL_FILE
+from prefero.scoring import padded_scores, pairwise_group
 
 
 def read_pairwise_settings(directory: str) -> dict:

@@ -21,7 +21,7 @@ import torch
 from prefero.data.formats import was_cut
 from prefero.data.limits import check_max_length, context_limit, default_of
 from prefero.data.tokenize import Encoder, truncate
-from prefero.judges import Item, compare_by_scores
+from prefero.judges.base import Item, compare_by_scores
 from prefero.model import load_tokenizer
 from prefero.scoring import encode_group, load_reward_model, padded_scores
 

@@ -1,7 +1,7 @@
 """`prefero revise`: constitutional critique and revision (docs/pipeline.md; Bai et al., 2022,
 "Constitutional AI: Harmlessness from AI Feedback", the supervised stage).
 
-    from prefero.config import load_config
+    from prefero.options import load_config
     from prefero.revise import ReviseConfig, run_revise
 
     report = run_revise(load_config("examples/revise.yaml", ["rounds=2"], cls=ReviseConfig))

@@ -19,8 +19,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, derived_block, option, require
 from prefero.generate import GenerateConfig
+from prefero.options import ConfigError, derived_block, option, require
 
 #: GenerateConfig keys revise sets itself: one completion per request, its own prompts,
 #: output, overwrite rule and seed.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from prefero.config import ConfigError
+from prefero.options import ConfigError
 
 FIELDS = ("name", "critique_request", "revision_request")
 TOP_KEYS = ("principles", "description")

@@ -40,7 +40,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefero.config import ConfigError
 from prefero.data.errors import DataError
 from prefero.data.formats import was_cut
 from prefero.data.read import iter_rows
@@ -48,6 +47,7 @@ from prefero.files import atomic_write_json, write_jsonl_atomic
 from prefero.generate import make_sampler
 from prefero.generate.prompts import prompts_sha256
 from prefero.generate.sampler import Sample, Sampler
+from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt, StageOutput, partial_paths, read_jsonl_rows, read_prompts
 from prefero.processes import Processes, position_batches, stage_processes
 from prefero.revise.config import PAIRS, REPORT, SFT, STRIDE, TRANSCRIPTS, ReviseConfig

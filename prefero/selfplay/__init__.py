@@ -1,6 +1,6 @@
 """`prefero selfplay`: T iterations of generate → judge → label → train (docs/pipeline.md).
 
-    from prefero.config import load_config
+    from prefero.options import load_config
     from prefero.selfplay import SelfPlayConfig, run_selfplay
 
     summary = run_selfplay(load_config("examples/selfplay.yaml", ["iterations=2"], cls=SelfPlayConfig))

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefero.config import ConfigError, TrainConfig, block, block_values, derived_block, option, require
+from prefero.config import TrainConfig
 from prefero.evaluate.config import EvalConfig
 from prefero.generate import GenerateConfig
 from prefero.judges.config import JudgeConfig, JudgeRunConfig
+from prefero.options import ConfigError, block, block_values, derived_block, option, require
 
 METHODS = ("sppo", "iterative")
 REFERENCES = ("initial", "previous")

@@ -11,19 +11,23 @@ from `output_dir/iter_n/` and writing its own there:
     model/                          π_n (data_report.json, metrics.jsonl)      prefero.train.train
     eval/                           π_n against π_0 on eval_prompts: report.json,  prefero.evaluate.run_eval
                                     report.md, comparisons.jsonl, judgments.jsonl
-    <stage>.done                    written when the stage has finished
+
+`output_dir/stages.json` is the run's manifest (`prefero.stages`): each stage (`iter_n/generate`,
+...) with the fingerprint it ran with (its config, the content of the file it reads, the
+policy it starts from) and whether it finished.
 
 π_0's answers to eval_prompts are generated once, into `output_dir/baseline/`, with the
 settings `prefero eval` generates the policy's with. After each iteration `summary.json`
 and `plots/` at the top are rewritten from the files above.
 
-Resumption. A stage with its `.done` marker is never run again. A stage without one is run
-and resumes by its own means: generate, judge and the evaluation keep their finished rows
+Resumption. A stage the manifest records as finished, with the same fingerprint, is never
+run again; one recorded with another fingerprint is refused (or, with overwrite, redone). A
+stage not finished is run and resumes by its own means: generate, judge and the evaluation keep their finished rows
 (partial files), label is redone (it is quick and atomic), the trainer is called with
 `resume=true` (from its newest checkpoint, with `train.save_steps`; otherwise from step 0
 over its own unfinished directory). A kill between a stage's last write and its marker is
 recognised by the file the stage writes last (generate, judge, label: their report; the
-evaluation: report.json): such a stage is marked done without running again. The trainer
+evaluation: report.json): such a stage is recorded as finished without running again. The trainer
 writes no such file, so a kill in that window (after its final save) repeats its training
 from the newest checkpoint.
 
@@ -45,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from prefero.config import ConfigError, TrainConfig, block_values, to_dict
+from prefero.config import TrainConfig
 from prefero.data.errors import DataError
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.responses import generate_config as eval_generate_config
@@ -56,49 +60,20 @@ from prefero.judges.config import JudgeRunConfig
 from prefero.judges.run import judge_identity, run_judge
 from prefero.label import LabelConfig, run_label
 from prefero.log import get_logger
-from prefero.losses import get_loss
+from prefero.options import ConfigError, block_values, to_dict
 from prefero.outputs import check_output_dir, claim_output_dir
 from prefero.pipeline_io import Prompt, read_prompts
 from prefero.selfplay.config import RESUMABLE_KEYS, SelfPlayConfig
-from prefero.stage_files import OutputLock, check_output_dir_path, make_folder, rows_sha256
+from prefero.selfplay.paths import iteration_dir, policy_path, reference_path, report_path, stage_names
+from prefero.selfplay.summary import iteration_line, write_summary
+from prefero.stage_files import check_output_dir_path, make_folder, rows_sha256
+from prefero.stages import Runner, Stage, finished_stages
 from prefero.train import train
 
 log = get_logger(__name__)
 
 COMMAND = "selfplay"
 CONFIG_FILE = "selfplay_config.json"
-
-
-# --------------------------------------------------------------------------- where things are
-
-
-def iteration_dir(cfg: SelfPlayConfig, n: int) -> Path:
-    return Path(cfg.output_dir) / f"iter_{n}"
-
-
-def stage_names(cfg: SelfPlayConfig) -> list[str]:
-    return ["generate", "judge", "label", "train"] + (["eval"] if cfg.eval_prompts else [])
-
-
-def report_path(output: str | Path) -> Path:
-    """`DIR/NAME.jsonl` -> `DIR/NAME.report.json`, as generate, judge and label name it."""
-    return Path(str(output)[: -len(".jsonl")] + ".report.json")
-
-
-def policy_path(cfg: SelfPlayConfig, n: int) -> str:
-    """π_n: π_0 for n = 0, else the model iteration n trained (its merged weights under LoRA)."""
-    if n == 0:
-        return cfg.model
-    model = iteration_dir(cfg, n) / "model"
-    return str(model / "merged" if cfg.train.lora is not None else model)
-
-
-def reference_path(cfg: SelfPlayConfig, n: int) -> str | None:
-    """The reference model of iteration n: π_(n−1) (SPPO; iterative with reference previous),
-    π_0 (iterative with reference initial), None for a loss without one (simpo, cpo, orpo)."""
-    if not get_loss(cfg.loss).needs_reference:
-        return None
-    return cfg.model if cfg.reference_is_initial else policy_path(cfg, n - 1)
 
 
 def prompt_slices(total: int, iterations: int, per_iteration: int, source: str = "prompts") -> list[range]:
@@ -155,16 +130,16 @@ def train_config(cfg: SelfPlayConfig, n: int) -> TrainConfig:
 # --------------------------------------------------------------------------- running a stage
 
 
-def run_stage(directory: Path, name: str, work: Callable[[], object]) -> bool:
-    """Run `work` unless `directory/NAME.done` says it finished; True if it ran."""
-    marker = directory / f"{name}.done"
-    if marker.exists():
-        return False
-    work()
-    _free_memory()
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"stage": name})
-    return True
+def stage(name: str, work: Callable[[], object], stage_cfg, reads: list) -> Stage:
+    """A stage for the run's manifest: its fingerprint is its own config (`stage_cfg`, less
+    the keys that say how to resume) and the content of what it reads."""
+    settings = {k: v for k, v in to_dict(stage_cfg).items() if k not in ("resume", "overwrite")}
+
+    def run() -> None:
+        work()
+        _free_memory()
+
+    return Stage(name, run, inputs=[p for p in reads if p], settings=settings)
 
 
 def _free_memory() -> None:
@@ -226,23 +201,32 @@ def baseline_config(cfg: SelfPlayConfig) -> GenerateConfig:
 
 
 def _evaluate(cfg: SelfPlayConfig, n: int) -> None:
-    baseline = baseline_config(cfg)
-    run_stage(Path(baseline.output).parent, "generate", lambda: _resumable(run_generate, baseline))
     ecfg = eval_config(cfg, n)
     if not (Path(ecfg.output_dir) / "report.json").exists():  # written last: the evaluation is complete
         run_eval(ecfg)  # resumes its own generation and judging after a kill
 
 
-def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -> list[tuple[str, Callable]]:
+def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -> list[Stage]:
     """Iteration n's stages, in order."""
+    d = iteration_dir(cfg, n)
+    start = policy_path(cfg, n - 1)
+    start = start if os.path.isdir(start) else None  # a hub id: its name is in the settings
+    baseline = baseline_config(cfg) if cfg.eval_prompts else None
     stages = [
-        ("generate", lambda: _generate(cfg, n, pool, indices)),
-        ("judge", lambda: _resumable(run_judge, judge_config(cfg, n))),
-        ("label", lambda: _label(cfg, n)),
-        ("train", lambda: train(train_config(cfg, n))),
-        ("eval", lambda: _evaluate(cfg, n)),
+        stage(f"iter_{n}/generate", lambda: _generate(cfg, n, pool, indices), generate_config(cfg, n), [start]),
+        stage(f"iter_{n}/judge", lambda: _resumable(run_judge, judge_config(cfg, n)), judge_config(cfg, n),
+              [d / "generated.jsonl"]),
+        stage(f"iter_{n}/label", lambda: _label(cfg, n), label_config(cfg, n), [d / "judged.jsonl"]),
+        stage(f"iter_{n}/train", lambda: train(train_config(cfg, n)), train_config(cfg, n),
+              [d / "pairs.jsonl", start]),
     ]
-    return [s for s in stages if s[0] in stage_names(cfg)]
+    if "eval" in stage_names(cfg):
+        stages += [
+            # π_0's answers, once for every iteration (then skipped: finished, same fingerprint)
+            stage("baseline/generate", lambda: _resumable(run_generate, baseline), baseline, [cfg.model]),
+            stage(f"iter_{n}/eval", lambda: _evaluate(cfg, n), eval_config(cfg, n), [d / "model"]),
+        ]
+    return stages
 
 
 # --------------------------------------------------------------------------- the run
@@ -264,18 +248,18 @@ def run_selfplay(cfg: SelfPlayConfig) -> dict:
               "judge": judge_files(cfg.judge), "eval_judge": judge_files(cfg.eval.judge)}
     out = Path(cfg.output_dir)
     make_folder(out.parent, "output_dir", out)
-    with OutputLock(out, "output_dir"):
+    with Runner(out, cfg.overwrite) as runner:
         prepare_output_dir(cfg, inputs)
-        return _iterations(cfg, pool, slices)
+        return _iterations(cfg, pool, slices, runner)
 
 
-def _iterations(cfg: SelfPlayConfig, pool: list[Prompt], slices: list[range]) -> dict:
-    from prefero.selfplay.summary import iteration_line, write_summary
-
+def _iterations(cfg: SelfPlayConfig, pool: list[Prompt], slices: list[range], runner: Runner) -> dict:
     summary = None
     for n in range(1, cfg.iterations + 1):
-        d = iteration_dir(cfg, n)
-        ran = [name for name, work in iteration_stages(cfg, n, pool, slices[n - 1]) if run_stage(d, name, work)]
+        ran = len(runner.ran)
+        for s in iteration_stages(cfg, n, pool, slices[n - 1]):
+            runner.run(s)
+        ran = len(runner.ran) > ran
         summary = write_summary(cfg)
         log.info(iteration_line(summary["per_iteration"][n - 1], cfg.iterations, earlier=not ran))
     return summary
@@ -346,7 +330,7 @@ def _change(saved: dict, current: dict, key: str) -> str:
 
 
 def finished(cfg: SelfPlayConfig) -> bool:
-    return (iteration_dir(cfg, cfg.iterations) / f"{stage_names(cfg)[-1]}.done").exists()
+    return f"iter_{cfg.iterations}/{stage_names(cfg)[-1]}" in finished_stages(cfg.output_dir)
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -365,10 +349,3 @@ def _get(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
-
-
-def relative(cfg: SelfPlayConfig, path: str | os.PathLike) -> str:
-    """`path` relative to output_dir when it lies under it (summary.json stays valid when the
-    run directory moves), else as given."""
-    p, root = Path(path).resolve(), Path(cfg.output_dir).resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefero.files import atomic_write_json
 from prefero.selfplay.config import SelfPlayConfig
-from prefero.selfplay.run import (
+from prefero.selfplay.paths import (
     iteration_dir,
     policy_path,
     reference_path,
@@ -20,6 +20,7 @@ from prefero.selfplay.run import (
     report_path,
     stage_names,
 )
+from prefero.stages import finished_stages
 
 SUMMARY = "summary.json"
 #: Headline numbers copied from an iteration's eval/report.json.
@@ -36,7 +37,8 @@ def iteration_entry(cfg: SelfPlayConfig, n: int) -> dict:
     from prefero.evaluate.plots import curve, read_metrics
 
     d = iteration_dir(cfg, n)
-    done = [s for s in stage_names(cfg) if (d / f"{s}.done").exists()]
+    finished = finished_stages(cfg.output_dir)
+    done = [s for s in stage_names(cfg) if f"iter_{n}/{s}" in finished]
     ref = reference_path(cfg, n)
     entry = {
         "iteration": n, "stages_done": done, "loss": cfg.loss,
