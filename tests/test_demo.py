@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from prefero.config import ConfigError, load_config
 from prefero.data import DataError
 from prefero.demo import DemoConfig, asset
 from prefero.demo.task import (
@@ -35,6 +34,7 @@ from prefero.demo.task import (
     task_accuracy,
     task_files,
 )
+from prefero.options import ConfigError, load_config
 
 pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
@@ -202,7 +202,7 @@ def test_quick_and_smoke_settings_are_applied_and_reported():
     assert (cfg.sft.max_steps, cfg.rounds, cfg.simpo.ablation) == (300, 2, False)
     assert (cfg.dpo.max_steps, cfg.simpo.max_steps, cfg.sppo.max_steps) == (72, 108, 72)
     smoke = load_config(None, ["max_steps=3"], cls=DemoConfig).effective()
-    assert (smoke.sft.max_steps, smoke.dpo.max_steps, smoke.sppo.max_steps, smoke.rounds) == (20, 3, 3, 1)
+    assert (smoke.sft.max_steps, smoke.dpo.max_steps, smoke.sppo.max_steps, smoke.rounds) == (60, 3, 3, 1)
     assert DemoConfig().dpo.max_steps == 144  # effective() copies, never changes the config it was asked on
 
 
