@@ -1,4 +1,5 @@
-"""Small file helpers the test modules share (a module, not a test file)."""
+"""Small helpers the test modules share (a module, not a test file): JSON-lines files, a
+run's metrics, relative errors."""
 
 import json
 from pathlib import Path
@@ -13,3 +14,13 @@ def write_jsonl(path, rows) -> Path:
 
 def read_jsonl(path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def metrics(run_dir) -> list[dict]:
+    """Every row of a training run's metrics.jsonl (train steps, and eval rows with "split")."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def rel_err(a, b) -> float:
+    """max |a − b| / max |b| of two tensors (b all zero counts as 1e-12)."""
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from jsonl_files import metrics
 from prefero import train as train_mod
 from prefero.config import load_config
 from prefero.demo import asset
@@ -45,7 +46,7 @@ def test_every_loss_trains(name, tiny_model_dir, tmp_path, monkeypatch, sppo_dat
         "lr_scheduler=constant", "max_length=128", "max_prompt_length=64",
     ])
     Trainer(cfg).run()
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path)
     losses = [r["loss"] for r in rows]
     assert len(losses) == STEPS
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
@@ -78,5 +79,5 @@ def test_sft_on_message_lists_masks_the_prompt(tiny_model_dir, tiny_tokenizer, t
     text = tiny_tokenizer.decode(first.completion_ids)
     assert text.endswith("<|im_end|>") and "<|im_start|>" not in text and "user" not in text
     trainer.run()
-    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "out")
     assert rows[-1]["loss"] < rows[0]["loss"] / 2

@@ -22,6 +22,7 @@ import sys
 import pytest
 import torch
 
+from jsonl_files import rel_err
 from prefero.attention import choose_attention, disable_dropout
 from prefero.batching import pack_groups
 from prefero.config import LoraConfig, load_config
@@ -37,10 +38,6 @@ NO_SDPA = {"gemma2"}  # this transformers has no SDPA attention for them
 NO_FLEX = {"gpt2", "falcon", "stablelm", "gpt_bigcode"}  # no FlexAttention in transformers
 NO_SEQUENCE_CLASSIFIER = {"granite", "cohere"}  # no *ForSequenceClassification in transformers
 TOL = 1e-5
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
 def random_groups(seed, n_groups=3):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from jsonl_files import metrics
 from prefero.config import TrainConfig
 from prefero.demo import asset
 from prefero.options import field_docs
@@ -62,7 +63,7 @@ def test_train_end_to_end(tiny_model_dir, tmp_path):
     )
     r = prefero("train", cfg, "seed=1")
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [x["step"] for x in rows] == [1, 2, 3]
     assert json.loads((out / "train_config.json").read_text())["seed"] == 1
     # a second run into the same directory must not overwrite it

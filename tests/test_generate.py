@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jsonl_files import write_jsonl
+from jsonl_files import read_jsonl, write_jsonl
 from launching import ONE_THREAD_ENV, launch
 from openai_server import FakeOpenAIServer
 from prefero.cli import main
@@ -34,7 +34,6 @@ from prefero.tiny import demo_records
 KEY = "sk-generate-test-5a4b3c2d1e"
 
 
-
 def prompt_rows(n):
     """String prompts plus one conversation with a system turn (the chat template path)."""
     rows = [{"prompt": r["prompt"]} for r in demo_records()[: n - 1]]
@@ -43,8 +42,6 @@ def prompt_rows(n):
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +53,6 @@ def config(model, prompts, output, *overrides) -> GenerateConfig:
     base = [f"model={model}", f"prompts={prompts}", f"output={output}", "num_completions=3",
             "max_new_tokens=12", "batch_size=4", "seed=0"]
     return load_config(None, base + list(overrides), cls=GenerateConfig)
-
-
-def rows_of(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def reference(tiny_model_dir, prompts_file, tmp_path_factory):
 
 def test_output_rows_and_report(reference):
     out, report = reference
-    rows = rows_of(out)
+    rows = read_jsonl(out)
     assert [r["index"] for r in rows] == list(range(12))
     assert all(len(r["completions"]) == 3 == len(r["finish_reasons"]) for r in rows)
     # a string prompt is recorded as the one user message the chat template was given
@@ -99,7 +92,7 @@ def test_same_seed_same_bytes_other_seed_differs(reference, tiny_model_dir, prom
     run_generate(config(tiny_model_dir, prompts_file, tmp_path / "again.jsonl"))
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
     run_generate(config(tiny_model_dir, prompts_file, tmp_path / "seed1.jsonl", "seed=1"))
-    a, b = rows_of(out), rows_of(tmp_path / "seed1.jsonl")
+    a, b = read_jsonl(out), read_jsonl(tmp_path / "seed1.jsonl")
     assert [r["prompt"] for r in a] == [r["prompt"] for r in b]
     assert all(x["completions"] != y["completions"] for x, y in zip(a, b))
 
@@ -236,7 +229,7 @@ def test_left_padded_batch_equals_one_prompt_at_a_time(tiny_model_dir, tmp_path)
     prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(10))  # lengths differ by up to ~10 tokens
     run_generate(greedy(tiny_model_dir, prompts, tmp_path / "b1.jsonl", "batch_size=1"))
     run_generate(greedy(tiny_model_dir, prompts, tmp_path / "b5.jsonl", "batch_size=5"))
-    one, five = rows_of(tmp_path / "b1.jsonl"), rows_of(tmp_path / "b5.jsonl")
+    one, five = read_jsonl(tmp_path / "b1.jsonl"), read_jsonl(tmp_path / "b5.jsonl")
     assert [r["completions"] for r in one] == [r["completions"] for r in five]
     assert [r["tokens"] for r in one] == [r["tokens"] for r in five]
 
@@ -289,7 +282,7 @@ def test_stop_tokens_cut_completions_and_limits_are_counted(tiny_model_dir, tmp_
     gen_cfg["eos_token_id"] = [sampler.tokenizer.eos_token_id, stop]
     (stopped_model / "generation_config.json").write_text(json.dumps(gen_cfg))
     report = run_generate(greedy(stopped_model, prompts, tmp_path / "stopped.jsonl"))
-    rows = rows_of(tmp_path / "stopped.jsonl")
+    rows = read_jsonl(tmp_path / "stopped.jsonl")
 
     hits = tokens = 0
     for row, ids in zip(rows, free):
@@ -402,7 +395,7 @@ def test_vllm_backend_glue_with_a_stand_in_module(tiny_model_dir, tiny_tokenizer
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     report = run_generate(config(tiny_model_dir, prompts_file, tmp_path / "g.jsonl", "backend=vllm"))
-    rows = rows_of(tmp_path / "g.jsonl")
+    rows = read_jsonl(tmp_path / "g.jsonl")
     assert calls["llm"]["model"] == str(tiny_model_dir) and calls["llm"]["generation_config"] == "vllm"
     encoder = Encoder(tiny_tokenizer)
     for p, request, params, row in zip(read_prompts(prompts_file), calls["requests"], calls["params"], rows):
@@ -431,7 +424,7 @@ def test_read_prompts_accepts_every_prompt_shape(tmp_path, reference):
     assert [p.text for p in got] == ["plain", conversation, "explicit pair", conversation, "\n\nHuman: hey\n\nAssistant:"]
     assert [p.row for p in got] == [1, 2, 3, 4, 5]
     # generate's own output is a prompts file for the next stage
-    assert [p.text for p in read_prompts(reference[0])] == [r["prompt"] for r in rows_of(reference[0])]
+    assert [p.text for p in read_prompts(reference[0])] == [r["prompt"] for r in read_jsonl(reference[0])]
 
 
 # --------------------------------------------------------------------------- stage output
@@ -455,7 +448,7 @@ def test_stage_output_torn_tail_duplicates_and_missing_rows(tmp_path):
     again.append([{"index": 1, "v": "b"}])
     summary = again.finish(3)
     assert summary == {"rows": 3, "duplicates": 1, "resumed": 2, "counts": {}}
-    assert [r["v"] for r in rows_of(out)] == ["a", "b", "c"]  # index order, first row of a duplicate
+    assert [r["v"] for r in read_jsonl(out)] == ["a", "b", "c"]  # index order, first row of a duplicate
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
@@ -488,7 +481,7 @@ def test_rows_of_every_process_are_merged(tmp_path):
     assert p1.finish(4, counts={"truncated": 2, "empty": 1}) == {}
     merged = p0.finish(4, poll_seconds=0.01, counts={"truncated": 3})
     assert merged["rows"] == 4 and merged["counts"] == {"empty": 1, "truncated": 5}
-    assert [r["index"] for r in rows_of(out)] == [0, 1, 2, 3]
+    assert [r["index"] for r in read_jsonl(out)] == [0, 1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
 
 
@@ -514,7 +507,7 @@ def test_openai_backend_end_to_end_with_faults_and_resume(tmp_path, monkeypatch)
         server.clear_faults()
         report = run_generate(config("fake-model", prompts, out, *args))
 
-    rows = rows_of(out)
+    rows = read_jsonl(out)
     assert [r["index"] for r in rows] == list(range(6)) and report["resumed_prompts"] == 2
     by_request = {}
     for req in server.requests:

@@ -3,11 +3,11 @@
 CPU runs cover the same rules with dense masks (test_logprobs); these tests skip without CUDA.
 """
 
-import json
 
 import pytest
 import torch
 
+from jsonl_files import metrics, rel_err
 from prefero.attention import choose_attention, disable_dropout
 from prefero.batching import pack_groups
 from prefero.logprobs import CompletionLogProbs, padded_completion_logps
@@ -32,10 +32,6 @@ def groups(seed, n_groups=4):
 
 def flatten(gs):
     return [p for p, cs in gs for _ in cs], [c for _, cs in gs for c in cs]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
 def model_pair(tokenizer, arch, seed):
@@ -100,7 +96,7 @@ def test_trainer_on_cuda_flex_matches_sdpa(tiny_model_dir, tmp_path):
             "loss=dpo", "beta=0.1", "learning_rate=1e-3", "batch_size=8", "max_steps=30", "seed=0",
             "max_length=128", "max_prompt_length=64", "dtype=float32", f"attention={attention}",
         ])).run()
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = metrics(out)
         return [r["loss"] for r in rows if "split" not in r]
 
     flex, sdpa = run("flex"), run("sdpa")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from jsonl_files import read_jsonl, write_jsonl
+from jsonl_files import metrics, read_jsonl, write_jsonl
 from prefero.config import load_config
 from prefero.data import DataError, load_pairs
 from prefero.data.formats import Dropped
@@ -18,8 +18,6 @@ from prefero.options import ConfigError
 from prefero.tiny import demo_records
 
 LN3 = math.log(3)
-
-
 
 
 def label(tmp_path, rows, *extra, name="out.jsonl"):
@@ -225,8 +223,8 @@ def test_labelled_file_loads_and_trains(loss, tmp_path, tiny_model_dir):
                              f"output_dir={tmp_path / 'run'}", f"loss={loss}", "max_steps=2", "batch_size=4",
                              "max_length=128", "max_prompt_length=64", "learning_rate=1e-4", "seed=0"])
     train(cfg)
-    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in metrics if "split" not in m]
+    rows = metrics(tmp_path / "run")
+    steps = [m for m in rows if "split" not in m]
     assert [m["step"] for m in steps] == [1, 2]
     # step 1: policy == reference, so Δ_w = Δ_l = 0 and the loss is set by the labels alone
     #   dpo:  −logσ(0) = ln 2;   sppo (η = 1/β = 1000): η²[(P̂_w − ½)² + (P̂_l − ½)²]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from jsonl_files import rel_err
 from prefero.batching import pack_groups
 from prefero.logprobs import CompletionLogProbs, padded_completion_logps, token_logprobs
 from prefero.model import enable_gradient_checkpointing
@@ -23,10 +24,6 @@ def flatten(groups, shared=True):
             prompts.append(p)
             comps.append(c)
     return prompts, comps
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from jsonl_files import metrics
 from prefero.cli import main
 
 VERIFIER = '''
@@ -60,7 +61,7 @@ def test_generate_judge_label_train(fmt, loss, tiny_model_dir, tmp_path, capsys)
     beta = "beta=0.5" if loss == "sppo" else "beta=0.1"
     assert main(["train", f"model={tiny_model_dir}", f"train_data={pairs}", f"output_dir={tmp_path / 'run'}",
                  f"loss={loss}", beta, "batch_size=4", "max_steps=2", "max_length=128", "max_prompt_length=64"]) == 0
-    trained = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trained = metrics(tmp_path / "run")
     assert len(trained) == 2
     if loss == "dpo":  # the policy starts as its reference: h = 0, loss = ln 2
         assert trained[0]["loss"] == pytest.approx(0.693147, rel=1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jsonl_files import metrics
 from prefero.config import load_config
 from prefero.demo import asset
 from prefero.train import Trainer
@@ -26,7 +27,7 @@ def test_matches_recorded_curve(loss, tiny_model_dir, tmp_path):
         "max_length=128", "max_prompt_length=64",
     ])
     Trainer(cfg).run()
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path)
     got = [{k: r[k] for k in KEYS} for r in rows]
     recorded = json.loads(CURVES.read_text()) if CURVES.exists() else {}
     if os.environ.get("PREFERO_RECORD"):

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from jsonl_files import metrics
 from prefero.checkpoint import list_checkpoints
 from prefero.config import load_config
 from prefero.demo import asset
@@ -122,7 +123,7 @@ def test_too_many_bad_steps_stop_with_checkpoint_intact(tiny_model_dir, tmp_path
     with pytest.raises(TrainingError, match="2 consecutive steps"):
         t.run()
     assert [d.name for d in list_checkpoints(out / "checkpoints")] == ["step-3"]
-    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = metrics(out)
     assert [r.get("skipped", False) for r in logged] == [False, False, False, True, True]
 
 

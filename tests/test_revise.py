@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jsonl_files import write_jsonl
+from jsonl_files import read_jsonl, write_jsonl
 from openai_server import FakeOpenAIServer
 from prefero.cli import main
 from prefero.config import load_config
@@ -49,7 +49,6 @@ GIVEN = "The moon is a rock that circles the Earth."  # the one row that brings 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def prompt_rows(n):
     """String prompts, one conversation with a system turn, one row with its own answer."""
     rows = [{"prompt": r["prompt"]} for r in demo_records()[:n - 1]]
@@ -62,10 +61,6 @@ def config(prompts, out, *overrides, model="unused"):
     base = [f"prompts={prompts}", f"output_dir={out}", "rounds=2", "seed=0", f"generation.model={model}",
             "generation.max_new_tokens=8", "generation.batch_size=3", "drop_truncated=false"]
     return load_config(None, base + list(overrides), cls=ReviseConfig)
-
-
-def rows_of(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 class Recording:
@@ -133,7 +128,7 @@ def test_outputs_and_report(reference, prompts_file):
     out, report, _ = reference
     assert sorted(p.name for p in out.iterdir()) == ["pairs.jsonl", "revise_report.json", "sft.jsonl",
                                                        "transcripts.jsonl"]  # no partial files left
-    transcripts = rows_of(out / "transcripts.jsonl")
+    transcripts = read_jsonl(out / "transcripts.jsonl")
     assert [t["index"] for t in transcripts] == list(range(7))
     assert all(len(t["rounds"]) == 2 for t in transcripts)
     assert transcripts[0]["prompt"] == [{"role": "user", "content": demo_records()[0]["prompt"]}]
@@ -156,7 +151,7 @@ def test_outputs_and_report(reference, prompts_file):
     hits = sum(t["response_finish_reason"] == "length" for t in transcripts)
     assert report["hit_max_new_tokens"]["response"] == hits
     # every transcript is an output row or a counted drop
-    sft, pairs = rows_of(out / "sft.jsonl"), rows_of(out / "pairs.jsonl")
+    sft, pairs = read_jsonl(out / "sft.jsonl"), read_jsonl(out / "pairs.jsonl")
     assert len(sft) + sum(report["dropped"]["sft"].values()) == 7 == len(pairs) + sum(report["dropped"]["pairs"].values())
     assert report["sft_rows"] == len(sft) and report["pair_rows"] == len(pairs)
     by_index = {t["index"]: t for t in transcripts}
@@ -172,9 +167,9 @@ def test_outputs_and_report(reference, prompts_file):
 def test_principles_are_the_seeded_draw_worked_by_hand(reference):
     out, _, _ = reference
     names = [p.name for p in load_constitution(default_constitution_path())]
-    for t in rows_of(out / "transcripts.jsonl"):
+    for t in read_jsonl(out / "transcripts.jsonl"):
         assert [r["principle"] for r in t["rounds"]] == [hand_drawn(0, t["index"], r, names) for r in range(2)]
-    for row in rows_of(out / "sft.jsonl") + rows_of(out / "pairs.jsonl"):
+    for row in read_jsonl(out / "sft.jsonl") + read_jsonl(out / "pairs.jsonl"):
         assert row["principles"] == [hand_drawn(0, row["index"], r, names) for r in range(2)]
 
 
@@ -190,7 +185,7 @@ def test_draw_is_uniform_and_keyed_by_seed_index_round_only(prompts_file, tmp_pa
     # batching does not enter the draw
     run_revise(config(prompts_file, tmp_path / "b1", "generation.batch_size=1"), sampler=Scripted())
     run_revise(config(prompts_file, tmp_path / "b4", "generation.batch_size=4"), sampler=Scripted())
-    principles = [[[r["principle"] for r in t["rounds"]] for t in rows_of(tmp_path / b / "transcripts.jsonl")]
+    principles = [[[r["principle"] for r in t["rounds"]] for t in read_jsonl(tmp_path / b / "transcripts.jsonl")]
                   for b in ("b1", "b4")]
     assert principles[0] == principles[1]
 
@@ -200,7 +195,7 @@ def test_each_request_has_the_turns_in_order(reference):
     round [prompt…, assistant: answer, user: critique request] and the same + [assistant:
     critique, user: revision request], each answer being the previous round's revision."""
     out, _, calls = reference
-    transcripts = rows_of(out / "transcripts.jsonl")
+    transcripts = read_jsonl(out / "transcripts.jsonl")
     principles = {p.name: p for p in load_constitution(default_constitution_path())}
     seen = {}  # (prompt index, call number) -> conversation
     for chats, keys, batch in calls:
@@ -235,7 +230,7 @@ def test_two_rounds_start_as_one_round(reference, tiny_model_dir, prompts_file, 
     """Each step samples under its own seed key, independent of `rounds`."""
     out, _, _ = reference
     run_revise(config(prompts_file, tmp_path, "rounds=1", model=tiny_model_dir))
-    one, two = rows_of(tmp_path / "transcripts.jsonl"), rows_of(out / "transcripts.jsonl")
+    one, two = read_jsonl(tmp_path / "transcripts.jsonl"), read_jsonl(out / "transcripts.jsonl")
     assert [{**t, "rounds": t["rounds"][:1]} for t in two] == one
 
 
@@ -248,7 +243,7 @@ def test_outputs_load_and_train(reference, tiny_model_dir, tmp_path):
     pairs, pair_report = load_pairs(out / "pairs.jsonl", tok)
     assert len(examples) == sft_report.kept == sft_report.read == report["sft_rows"] > 0
     assert len(pairs) == pair_report.kept == pair_report.read == report["pair_rows"] > 0
-    first = rows_of(out / "pairs.jsonl")[0]
+    first = read_jsonl(out / "pairs.jsonl")[0]
     prompt_ids = tok.encode(tok.apply_chat_template(first["prompt"], add_generation_prompt=True, tokenize=False),
                             add_special_tokens=False)
     assert pairs[0].prompt_ids == prompt_ids  # the chat template, one BOS
@@ -256,14 +251,14 @@ def test_outputs_load_and_train(reference, tiny_model_dir, tmp_path):
     for side in ("chosen", "rejected"):
         ends = getattr(pairs[0], f"{side}_ids")[-1] == tok.eos_token_id
         assert ends == (not first.get(f"{side}_truncated", False)), side
-    rows = rows_of(out / "pairs.jsonl")
+    rows = read_jsonl(out / "pairs.jsonl")
     assert any(r.get("chosen_truncated") or r.get("rejected_truncated") for r in rows)  # 8 tokens cut most
     for loss, data in (("dpo", "pairs.jsonl"), ("sft", "sft.jsonl")):
         cfg = load_config(None, [f"model={tiny_model_dir}", f"train_data={out / data}", f"output_dir={tmp_path / loss}",
                                  f"loss={loss}", "max_steps=2", "batch_size=2", "max_length=128",
                                  "max_prompt_length=64", "learning_rate=1e-4", "seed=0"])
         train(cfg)
-        steps = [m for m in rows_of(tmp_path / loss / "metrics.jsonl") if "split" not in m]
+        steps = [m for m in read_jsonl(tmp_path / loss / "metrics.jsonl") if "split" not in m]
         assert [m["step"] for m in steps] == [1, 2]
         if loss == "dpo":
             # step 1: policy == reference, so h = 0 and the loss is −log σ(0) = ln 2. A completion
@@ -402,7 +397,7 @@ def test_a_served_model_critiques_and_revises(prompts_file, tiny_tokenizer, tmp_
     by_seed = {r.body["seed"]: r.body for r in requests}
     assert len(by_seed) == len(requests)  # every step its own seed
     assert all(b["n"] == 1 and b["model"] == "served-model" and b["max_tokens"] == 8 for b in by_seed.values())
-    for t in rows_of(tmp_path / "transcripts.jsonl"):
+    for t in read_jsonl(tmp_path / "transcripts.jsonl"):
         i, answer = t["index"], t["response"]
         if t["response_source"] == "model":
             assert by_seed[prompt_seed(0, i * STRIDE)]["messages"] == t["prompt"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from jsonl_files import write_jsonl
+from jsonl_files import metrics, rel_err, write_jsonl
 from prefero.batching import pack_groups
 from prefero.data import DataError, DataOptions, load_pairs
 from prefero.demo import asset
@@ -44,10 +44,6 @@ def padded_scores(model, groups, pad_id):
     for i, r in enumerate(rows):
         ids[i, : len(r)], attn[i, : len(r)] = torch.tensor(r), 1
     return model(input_ids=ids, attention_mask=attn).logits.squeeze(-1)
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def reversed_demo(name, directory):
@@ -107,7 +103,6 @@ def test_score_index_rule():
     assert score_index(groups, pad_id=9) == [3, 5, 7]  # pad == EOS: last non-pad, the prompt if need be
 
 
-
 class FixedScores(nn.Module):
     """Stands in for the model: returns given scores for the sequences in the batch."""
 
@@ -161,7 +156,7 @@ def test_bad_margin_is_an_error_or_counted_skip(tiny_model_dir, tmp_path):
 
 def test_reward_model_learns_demo_task(trained):
     trainer, history, out = trained
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     train = [r for r in rows if "split" not in r]
     evals = [r for r in rows if r.get("split") == "eval"]
     assert [r["step"] for r in train] == list(range(1, 13))
@@ -275,7 +270,7 @@ def test_cli_rm_end_to_end(tiny_model_dir, tmp_path):
     assert "eval step 3: accuracy" in r.stdout
     assert "prefero rm: done, 3 steps" in r.stdout
     assert re.search(r"\n  accuracy\s+[\d.]+\s+[\d.]+\n", r.stdout)  # eval before -> after
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [x["step"] for x in rows if "split" not in x] == [1, 2, 3]
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"]

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from jsonl_files import metrics
 from prefero.config import load_config
 from prefero.demo import asset, run_demo
 from prefero.model import check_model_source
@@ -142,7 +143,7 @@ def test_resume_with_a_changed_config(tiny_model_dir, tmp_path, capsys):
     Trainer(config(tiny_model_dir, out, "save_steps=2", "max_steps=5", "resume=true")).run()
     printed = capsys.readouterr().out
     assert "resumed from step 2" in printed and "resume: max_steps: 3 -> 5" in printed
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
 
 
@@ -210,7 +211,7 @@ def test_report_to_tensorboard_logs_what_metrics_jsonl_has(tiny_model_dir, tmp_p
 
     out = tmp_path / "tb"
     Trainer(config(tiny_model_dir, out, "report_to=tensorboard", f"eval_data={asset('demo_eval.jsonl')}")).run()
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     events = [p for p in out.rglob("events.out.tfevents.*")]
     assert events, list(out.rglob("*"))
     acc = EventAccumulator(str(events[0].parent))

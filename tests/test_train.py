@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from jsonl_files import metrics
 from prefero import train as train_mod
 from prefero.config import load_config
 from prefero.demo import asset
@@ -22,7 +23,7 @@ def config(model_dir, out, *extra):
 
 
 def read_metrics(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     return [r for r in rows if "split" not in r], [r for r in rows if r.get("split") == "eval"]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from jsonl_files import metrics
 from prefero.config import load_config
 from prefero.demo import asset
 from prefero.loop import step_order
@@ -67,7 +68,7 @@ def test_kto_kl_pairs_are_in_batch_and_their_reference_is_exact(tiny_model_dir, 
 def test_kto_z0_equals_a_hand_computation(tiny_model_dir, tmp_path):
     trainer = Trainer(config(tiny_model_dir, tmp_path / "kto", "loss=kto", "learning_rate=1e-2"))
     history = trainer.run()
-    rows = [json.loads(x) for x in (tmp_path / "kto" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "kto")
     assert all("kl" in r and "logps/chosen" in r and "logps/rejected" in r for r in rows)
     assert rows[0]["kl"] < 1e-3  # policy == reference at step 1: z0 = max(0, ~0)
     assert history["train_last"]["kl"] == rows[-1]["kl"]
@@ -121,8 +122,8 @@ def test_token_nll_is_exact_under_accumulation(loss, tiny_model_dir, tmp_path):
                          "batch_size=2", "grad_accum=4"))
     big.run()
     acc.run()
-    a = [json.loads(x) for x in (tmp_path / "big" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]
+    a = metrics(tmp_path / "big")
+    b = metrics(tmp_path / "acc")
     # the same sums in other reduction orders (packed row lengths, matmul blocking): 100 eps
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=100 * EPS)
