@@ -200,10 +200,10 @@ def test_the_evaluation_split_chooses_the_prompts(tmp_path):
 def test_quick_and_smoke_settings_are_applied_and_reported():
     cfg = load_config(None, ["quick=true"], cls=DemoConfig).effective()
     assert (cfg.sft.max_steps, cfg.rounds, cfg.simpo.ablation) == (300, 2, False)
-    assert (cfg.dpo.max_steps, cfg.simpo.max_steps, cfg.sppo.max_steps) == (72, 108, 72)
+    assert (cfg.dpo.max_steps, cfg.simpo.max_steps, cfg.sppo.max_steps) == (108, 108, 108)
     smoke = load_config(None, ["max_steps=3"], cls=DemoConfig).effective()
     assert (smoke.sft.max_steps, smoke.dpo.max_steps, smoke.sppo.max_steps, smoke.rounds) == (60, 3, 3, 1)
-    assert DemoConfig().dpo.max_steps == 144  # effective() copies, never changes the config it was asked on
+    assert DemoConfig().dpo.max_steps == 216  # effective() copies, never changes the config it was asked on
 
 
 # --------------------------------------------------------------------------- evaluation against SFT
@@ -266,12 +266,12 @@ def test_the_lax_judges_win_is_a_loss_by_the_rules(tmp_path):
 # --------------------------------------------------------------------------- the demo, end to end
 
 #: The reduced demo's sampled win rates against SFT on the first 128 test prompts, measured on
-#: seeds 0 and 1 (test split; seed 0 is this test's run): DPO 0.527 / 0.555, SimPO 0.453 / 0.508,
-#: SPPO (2nd iteration) 0.578 / 0.625; on the validation split, seed 0: 0.562, 0.487, 0.625. Each
-#: bound is the lowest of those less 0.08 — twice the largest seed-to-seed sd measured (0.04) — so
-#: it fails when a method collapses, not on an unlucky seed. They do not assert that DPO or SimPO
-#: beat SFT: at the reduced demo's steps they do not reliably (their intervals reach below 0.5).
-QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.37, "sppo": 0.50}
+#: seeds 0 and 1 (seed 0 is this test's run): DPO 0.582 / 0.605, SimPO 0.551 / 0.461, SPPO (2nd
+#: iteration) 0.617 / 0.691. Each bound is the lowest of those less 0.13 — twice the largest
+#: seed-to-seed sd measured (SimPO's, 0.064) — so it fails when a method collapses, not on an
+#: unlucky seed. They do not assert that every method beats SFT: at the reduced demo's steps SimPO
+#: does not reliably (one seed's win rate is below 0.5).
+QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.33, "sppo": 0.48}
 
 
 @pytest.fixture(scope="module")
