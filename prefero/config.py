@@ -7,19 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefero.options import (  # noqa: F401  (re-exported: the names commands import with the schema)
+from prefero.options import (
     ConfigError,
-    block,
-    block_values,
-    check_fields,
     check_shorter,
-    derived_block,
-    field_docs,
     option,
-    option_lines,
-    read_yaml,
-    require,
-    to_dict,
 )
 from prefero.options import load_config as _load_config
 

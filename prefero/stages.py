@@ -147,9 +147,6 @@ class Runner:
     def __exit__(self, *exc) -> None:
         self.lock.release()
 
-    def finished(self, name: str) -> bool:
-        return bool(self._load().get(name, {}).get("finished"))
-
     def seconds(self, name: str) -> float | None:
         return self._load().get(name, {}).get("seconds")
 

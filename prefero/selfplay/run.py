@@ -212,11 +212,12 @@ def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: r
     start = policy_path(cfg, n - 1)
     start = start if os.path.isdir(start) else None  # a hub id: its name is in the settings
     baseline = baseline_config(cfg) if cfg.eval_prompts else None
+    judging = judge_config(cfg, n)
     stages = [
         stage(f"iter_{n}/generate", lambda: _generate(cfg, n, pool, indices), generate_config(cfg, n), [start]),
-        stage(f"iter_{n}/judge", lambda: _resumable(run_judge, judge_config(cfg, n)), judge_config(cfg, n),
-              [d / "generated.jsonl"]),
+        stage(f"iter_{n}/judge", lambda: _resumable(run_judge, judging), judging, [d / "generated.jsonl"]),
         stage(f"iter_{n}/label", lambda: _label(cfg, n), label_config(cfg, n), [d / "judged.jsonl"]),
+        # the trainer's config is made again when it runs: `resume` follows what is on disk then
         stage(f"iter_{n}/train", lambda: train(train_config(cfg, n)), train_config(cfg, n),
               [d / "pairs.jsonl", start]),
     ]
@@ -256,10 +257,10 @@ def run_selfplay(cfg: SelfPlayConfig) -> dict:
 def _iterations(cfg: SelfPlayConfig, pool: list[Prompt], slices: list[range], runner: Runner) -> dict:
     summary = None
     for n in range(1, cfg.iterations + 1):
-        ran = len(runner.ran)
+        before = len(runner.ran)
         for s in iteration_stages(cfg, n, pool, slices[n - 1]):
             runner.run(s)
-        ran = len(runner.ran) > ran
+        ran = len(runner.ran) > before
         summary = write_summary(cfg)
         log.info(iteration_line(summary["per_iteration"][n - 1], cfg.iterations, earlier=not ran))
     return summary
