@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 from prefero.config import RESUMABLE_KEYS
 from prefero.files import atomic_write_text
 from prefero.options import ConfigError
+from prefero.stage_files import changed_keys, changes_in_words, describe_changes
 
 # Full (unsharded) state dicts, gathered to CPU: the same files whether the run was one
 # process, DDP or FSDP, so a checkpoint resumes under any of them.
@@ -164,15 +165,12 @@ def check_resume_config(saved_path: Path, current: dict) -> list[str]:
     returned as "key: old -> new" lines to print."""
     if not saved_path.exists():
         return []
-    saved = flatten(json.loads(saved_path.read_text()))
-    now = flatten(current)
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    fatal = [k for k in changed if k.split(".")[0] not in RESUMABLE_KEYS]
-    if fatal:
-        detail = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in fatal)
-        raise ConfigError(f"resume=true with a config that changes the run: {detail}; restore them "
+    saved = json.loads(saved_path.read_text())
+    if changed_keys(saved, current, ignore=RESUMABLE_KEYS):
+        raise ConfigError(f"resume=true with a config that changes the run: "
+                          f"{describe_changes(saved, current, limit=10, ignore=RESUMABLE_KEYS)}; restore them "
                           f"or start a new output_dir (see {saved_path})")
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed if k not in ("resume", "overwrite")]
+    return changes_in_words(saved, current, ignore=("resume", "overwrite"))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -24,7 +24,7 @@ import os
 import socket
 import weakref
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from prefero.log import get_logger
 from prefero.options import ConfigError
@@ -36,7 +36,7 @@ try:
 except ImportError:  # Windows: no flock; outputs are then not locked
     fcntl = None
 
-__all__ = ["OutputBusy", "OutputLock", "check_output_dir_path", "check_output_file", "describe_changes",
+__all__ = ["OutputBusy", "OutputLock", "check_output_dir_path", "check_output_file", "changed_keys", "describe_changes",
            "make_folder", "rows_sha256"]
 
 
@@ -206,52 +206,62 @@ def rows_sha256(rows: Iterable) -> str:
     return h.hexdigest()
 
 
-#: Settings keys whose change has a plain-words description (a hash's values say nothing).
-_PHRASES = {
-    "input_sha256": "input content changed since the partial run",
-    "prompts_sha256": "prompts changed since the partial run",
-    "responses_sha256": "responses changed since the partial run",
-    "constitution_sha256": "constitution changed since the partial run",
-    "prompts_and_responses_sha256": "prompts or responses changed since the partial run",
-    "model_files": "model weights changed since the partial run (model_files)",
-}
+def changed_keys(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts ({"judge":
+    {"model": ...}} -> "judge.model"), less those in `ignore` or under one of them."""
+    return [key for key, _, _ in _changes(old, new, set(ignore))]
 
 
-def describe_changes(old: dict | None, new: dict, limit: int = 5) -> str:
-    """What differs between two runs' settings, in words: 'input content changed since the
-    partial run; judge changed: judge.model: 'a' -> 'b''."""
+def _changes(old: dict, new: dict, ignore: set, prefix: str = "") -> Iterator[tuple[str, object, object]]:
+    for key in sorted(set(old) | set(new), key=str):
+        dotted = prefix + str(key)
+        a, b = old.get(key), new.get(key)
+        if a == b or dotted in ignore:
+            continue
+        if (isinstance(a, dict) or a is None) and (isinstance(b, dict) or b is None) \
+                and not _is_fingerprint(str(key)):  # a block set or unset: its keys, each
+            yield from _changes(a or {}, b or {}, ignore, dotted + ".")
+        else:
+            yield dotted, a, b
+
+
+def describe_changes(old: dict | None, new: dict, limit: int = 5, ignore: Iterable[str] = ()) -> str:
+    """What differs between two sets of settings (a config, a stage's fingerprint), in words,
+    the one way every check of prefero says it: "max_new_tokens: 8 -> 9; judge: model's
+    weight files changed; prompts content changed". A fingerprint is named, not quoted (its
+    values say nothing)."""
     if old is None:
         return "its settings file is missing"
-    parts = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if key in _PHRASES:
-            parts.append(_PHRASES[key])
-        elif key == "judge" and isinstance(a, dict) and isinstance(b, dict):
-            parts.append("judge changed: " + ", ".join(nested_changes(a, b, "judge.")[:3]))
-        else:
-            parts.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return join_changes(changes_in_words(old, new, ignore), limit)
+
+
+def changes_in_words(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
+    return [change_in_words(key, a, b) for key, a, b in _changes(old, new, set(ignore))]
+
+
+def join_changes(parts: list[str], limit: int = 5) -> str:
     return "; ".join(parts[:limit]) + ("; ..." if len(parts) > limit else "")
 
 
-def nested_changes(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Each differing key of two nested dicts, dotted, in words ("judge.model: 'a' -> 'b'")."""
-    out = []
-    for key in sorted(set(a) | set(b), key=str):
-        x, y = a.get(key), b.get(key)
-        if x == y:
-            continue
-        if key == "model_files":
-            out.append(f"{prefix}model's weight files changed")
-        elif key.endswith("_sha256"):
-            out.append(f"{prefix}{key[:-len('_sha256')]} changed")
-        elif isinstance(x, dict) and isinstance(y, dict):
-            out.extend(nested_changes(x, y, f"{prefix}{key}."))
-        else:
-            out.append(f"{prefix}{key}: {_short(x)} -> {_short(y)}")
-    return out
+def change_in_words(key: str, a, b) -> str:
+    """One changed dotted key: its values, or for a fingerprint what it fingerprints."""
+    where, _, leaf = key.rpartition(".")
+    stem = leaf.removesuffix("_sha256")
+    if not _is_fingerprint(leaf):
+        return f"{key}: {_short(a)} -> {_short(b)}"
+    if stem in _FINGERPRINTS:
+        what = f"{_FINGERPRINTS[stem]} changed"
+    else:
+        what = stem.replace("_and_", " or ").replace("_", " ") + " content changed"
+    return f"{where}: {what}" if where else what
+
+
+def _is_fingerprint(key: str) -> bool:
+    return key.endswith("_sha256") or key in _FINGERPRINTS
+
+
+#: Fingerprints named in words by what they identify ("prompts_sha256" is "prompts content").
+_FINGERPRINTS = {"model_files": "model's weight files", "function_source": "function's source"}
 
 
 def _short(value) -> str:

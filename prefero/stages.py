@@ -28,7 +28,18 @@ finished stage its result (the numbers it returned) and its time. The runner:
 
 One run holds the directory at a time: a second runner fails at once naming the holder's PID
 (`prefero.stage_files.OutputLock`, a flock that the kernel drops when its process dies, so a
-killed run's lock is taken over). Adding a stage to a command is one `Stage(...)` (or a
+killed run's lock is taken over).
+
+Several processes of one run (`accelerate launch`: `procs`, a `prefero.processes.Processes`)
+share one runner each: process 0 takes the lock and alone writes the manifest; every process
+reads the manifest once, between two barriers, after the lock is held and before anything is
+written, and decides from that same copy, so all of them skip or run the same stages.
+
+Stages none of which reads what another writes may run side by side, each in a process of its
+own (`run_side_by_side`: on a machine with cores to spare, a run of small one-thread stages
+takes the time of its longest share, not of their sum); the runner records them as above.
+
+Adding a stage to a command is one `Stage(...)` (or a
 subclass with a `run` method) and one `runner.run(...)` line.
 """
 
@@ -43,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 from prefero.files import atomic_write_json, scrub_credentials
 from prefero.options import ConfigError
-from prefero.stage_files import OutputLock, nested_changes
+from prefero.stage_files import OutputLock, changes_in_words, join_changes
 
 MANIFEST = "stages.json"
 #: Files up to this size are fingerprinted by their bytes; larger ones (model weights) by their
@@ -56,6 +67,9 @@ class Stage:
 
     name: str = ""
     dir: Path  # the run directory, set by the runner before `run`
+    #: set by the runner before `run`: True when an earlier run started this stage with the same
+    #: fingerprint and did not record it finished (a kill), so what it wrote is this stage's own
+    resuming: bool = False
 
     def __init__(self, name: str | None = None, work: Callable[[], Any] | None = None, *,
                  inputs: Sequence[str | os.PathLike] = (), outputs: Sequence[str | os.PathLike] = (),
@@ -76,7 +90,7 @@ class Stage:
 
     def fingerprint(self, root: Path) -> dict:
         inputs = {str(p): content_id(_at(root, p)) for p in self.inputs}
-        return json.loads(json.dumps(scrub_credentials({"settings": self.settings, "inputs": inputs}), default=str))
+        return _as_recorded({"settings": self.settings, "inputs": inputs})
 
 
 def content_id(path: Path) -> str | dict | None:
@@ -104,8 +118,7 @@ def what_changed(old: dict, new: dict, limit: int = 4) -> str:
     a, b = old.get("inputs", {}), new.get("inputs", {})
     parts = [f"{p} {'changed' if a.get(p) and b.get(p) else 'is gone' if b.get(p) is None else 'is new'}"
              for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
-    parts += nested_changes(old.get("settings", {}), new.get("settings", {}))
-    return "; ".join(parts[:limit]) + ("; ..." if len(parts) > limit else "")
+    return join_changes(parts + changes_in_words(old.get("settings", {}), new.get("settings", {})), limit)
 
 
 def _at(root: Path, path: str | os.PathLike) -> Path:
@@ -118,33 +131,66 @@ class Runner:
     context manager: it holds the directory's lock while open."""
 
     def __init__(self, directory: str | os.PathLike, overwrite: bool = False, key: str = "output_dir",
-                 redo: str = "set overwrite=true to run it again"):
+                 redo: str = "set overwrite=true to run it again", procs=None):
         self.dir = Path(directory)
+        self.main = procs is None or procs.main
+        self.barrier = procs.barrier if procs is not None else None
         self.overwrite = overwrite
         self.key = key
         self.redo = redo  # how a user of this command asks for a changed stage to run again
         self.path = self.dir / MANIFEST
         self.lock = OutputLock(self.dir, key)
         self.stages: dict[str, dict] | None = None  # the manifest, read on first use
+        self.config: dict | None = None  # the whole run's config, for a command that records one
+        self.open = False
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
     def __enter__(self) -> "Runner":
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()  # beside the directory: a command may clear the directory while holding it
         self.stages = None
+        if self.main:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()  # beside the directory: a command may clear the directory while holding it
+        if self.barrier is not None:
+            self.barrier()  # process 0 holds the lock: no other run writes the manifest now
+            self._load()
+            self.barrier()  # every process has its copy before process 0 writes to it
+        self.open = True
         return self
 
     def _load(self) -> dict:
         if self.stages is None:
             try:
-                self.stages = json.loads(self.path.read_text(encoding="utf-8"))["stages"] if self.path.exists() else {}
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                manifest = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+                self.stages, self.config = manifest.get("stages", {}), manifest.get("run")
+            except (OSError, ValueError, AttributeError) as e:
                 raise ConfigError(f"{self.key}: {self.path} is unreadable ({e}); delete it to run every stage "
                                   "again") from None
         return self.stages
 
+    # ------------------------------------------------------------ the run's own config
+
+    def earlier_config(self, config: dict, ignore: Sequence[str] = ()) -> list[str] | None:
+        """How `config` differs from the config the manifest records for the whole run (in
+        words, less the keys in `ignore`: those a run may change and continue), or None when
+        it records none: a command whose every stage depends on its whole config (self-play)
+        refuses another config before any stage starts, instead of at the first one."""
+        self._load()
+        if self.config is None:
+            return None
+        return changes_in_words(self.config, _as_recorded(config), ignore)
+
+    def record_config(self, config: dict) -> None:
+        self._load()
+        self.config = _as_recorded(config)
+        self._write()
+
+    def forget(self) -> None:
+        """The directory was cleared: nothing recorded before is there any more."""
+        self.stages, self.config = {}, None
+
     def __exit__(self, *exc) -> None:
+        self.open = False
         self.lock.release()
 
     def seconds(self, name: str) -> float | None:
@@ -152,7 +198,57 @@ class Runner:
 
     def run(self, stage: Stage) -> Any:
         """Skip, refuse, or run `stage` (module docstring); returns its result."""
-        if not self.lock.held:
+        skip, value = self._decide(stage)
+        if skip:
+            return value
+        self._started(stage, value)
+        start = time.perf_counter()
+        result = stage.run()
+        return self._finished(stage, value, result, time.perf_counter() - start)
+
+    def run_side_by_side(self, stages: Sequence[Stage], processes: int,
+                         done: Callable[[Stage], None] = lambda stage: None) -> list:
+        """Run stages none of which reads what another writes, `processes` at a time, each in
+        a process of its own (spawned, so a stage must pickle: a class with its settings, not
+        a closure); returns their results in order, and calls `done(stage)` here as each is
+        recorded or skipped. Every stage is checked before any starts, so a changed one is
+        refused with nothing run. One process: one after the other, in this one."""
+        if processes <= 1 or len(stages) <= 1 or not self.main:
+            return [(self.run(s), done(s))[0] for s in stages]
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        decided = [self._decide(s) for s in stages]
+        results: dict[int, Any] = {}
+        for i, (skip, value) in enumerate(decided):
+            if skip:
+                results[i] = value
+                done(stages[i])
+        todo = [i for i, (skip, _) in enumerate(decided) if not skip]
+        for i in todo:
+            self._started(stages[i], decided[i][1])
+        error = None
+        with ProcessPoolExecutor(min(processes, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_timed_run, stages[i]): i for i in todo}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    result, seconds = future.result()
+                except BaseException as e:  # the first failure is raised once the running ones end
+                    error = error or e
+                    for f in futures:
+                        f.cancel()
+                    continue
+                results[i] = self._finished(stages[i], decided[i][1], result, seconds)
+                done(stages[i])
+        if error is not None:
+            raise error
+        return [results[i] for i in range(len(stages))]
+
+    def _decide(self, stage: Stage) -> tuple[bool, Any]:
+        """(True, its recorded result) for a stage to skip, (False, its fingerprint) for one
+        to run; a stage recorded with another fingerprint is refused (unless overwrite)."""
+        if not self.open:
             raise RuntimeError("Runner.run outside `with Runner(...)`")
         fingerprint = stage.fingerprint(self.dir)
         record = self._load().get(stage.name)
@@ -165,12 +261,18 @@ class Runner:
         if record is not None and record.get("finished") and record["fingerprint"] == fingerprint \
                 and all(_at(self.dir, p).exists() for p in stage.outputs):
             self.skipped.append(stage.name)
-            return record["result"]
+            return True, record["result"]
+        stage.resuming = record is not None and not record.get("finished") and record["fingerprint"] == fingerprint
+        return False, fingerprint
+
+    def _started(self, stage: Stage, fingerprint: dict) -> None:
         self._save(stage.name, {"fingerprint": fingerprint, "finished": False})
         stage.dir = self.dir
-        start = time.perf_counter()
-        result = stage.run()
-        seconds = time.perf_counter() - start
+
+    def _finished(self, stage: Stage, fingerprint: dict, result: Any, seconds: float) -> Any:
+        """Record a stage that ran as finished, once its outputs are all there."""
+        if not self.main:
+            return result  # process 0 checks the outputs and records the stage
         missing = [str(p) for p in stage.outputs if not _at(self.dir, p).exists()]
         if missing:
             raise RuntimeError(f"stage {stage.name!r} finished without writing {', '.join(missing)}")
@@ -179,9 +281,27 @@ class Runner:
         return result
 
     def _save(self, name: str, record: dict) -> None:
+        self._load()[name] = _as_recorded(record)
+        self._write()
+
+    def _write(self) -> None:
+        if not self.main:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._load()[name] = json.loads(json.dumps(record, default=str))
-        atomic_write_json(self.path, {"stages": self.stages})
+        manifest = {"run": self.config} if self.config is not None else {}
+        atomic_write_json(self.path, {**manifest, "stages": self.stages})
+
+
+def _timed_run(stage: Stage) -> tuple[Any, float]:
+    """A stage run in a process of its own: its result and its time."""
+    start = time.perf_counter()
+    result = stage.run()
+    return result, time.perf_counter() - start
+
+
+def _as_recorded(value):
+    """As the manifest holds it and reads it back: JSON, no password in a URL."""
+    return json.loads(json.dumps(scrub_credentials(value), default=str))
 
 
 def finished_stages(directory: str | os.PathLike) -> set[str]:

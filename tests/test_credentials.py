@@ -78,6 +78,6 @@ def test_no_file_of_judge_eval_or_selfplay_holds_the_password(server, tmp_path, 
                  *judge, "generation.num_completions=3", "generation.max_new_tokens=4", "train.batch_size=2",
                  "train.max_steps=1", "train.max_length=48", "train.max_prompt_length=24",
                  "train.reference_cache=off", "eval.generation.max_new_tokens=4", "eval.bootstrap_resamples=50"]) == 0
-    assert any("selfplay_config.json" == p.name for p in (tmp_path / "selfplay").iterdir())
+    assert "run" in json.loads((tmp_path / "selfplay" / "stages.json").read_text())  # the config, recorded
     assert files_holding_the_password(tmp_path) == []
     assert len(list(tmp_path.rglob("*.json"))) >= 10  # reports, settings, configs: all of them were searched

@@ -344,8 +344,8 @@ def test_resumed_demo_redoes_no_finished_stage(quick_demo, capsys):
     printed = capsys.readouterr().out
     assert printed.count("(done earlier)") == len(report["timing"]["seconds"])
     assert again["methods"] == report["methods"] and again["sft"] == report["sft"]
-    with pytest.raises(ConfigError, match=r"stage 'base' finished with other inputs or settings \(config.seed: 0 -> 1\); "
-                                          r"rerun with those to reuse it, or run without resume=true to start over"):
+    with pytest.raises(ConfigError, match=r"holds a demo made with other settings \(config.seed: 0 -> 1\); rerun with "
+                                          r"those to resume it, or run without resume=true to start over"):
         run_demo(load_config(None, [f"output_dir={out}", "quick=true", "resume=true", "seed=1"], cls=DemoConfig))
 
 

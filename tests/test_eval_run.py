@@ -38,6 +38,7 @@ from prefero.judges import Item
 from prefero.judges.config import JudgeConfig
 from prefero.options import ConfigError, load_config
 from prefero.pipeline_io import read_prompts
+from prefero.stages import MANIFEST
 
 RTOL = 1e-5  # see the module docstring
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,8 +316,9 @@ def test_models_generate_judge_report_resume_and_reuse(tiny_model_dir, baseline_
     assert responses_path(out, "policy").exists() and responses_path(out, "baseline").exists()
 
     # other sampling settings than the finished responses': refused, naming the key
-    with pytest.raises(ConfigError, match=r"policy_responses\.jsonl was made with other settings "
-                                          r"\(settings differ in: max_new_tokens\)"):
+    with pytest.raises(ConfigError, match=r"stage 'policy_responses' finished with other inputs or settings "
+                                          r"\(max_new_tokens: 8 -> 9\); rerun with those to reuse it, or set "
+                                          r"overwrite=true"):
         run_eval(eval_config(*args, "generation.max_new_tokens=9"))
 
     # the finished responses are reused (generating again would fail here), judging completes
@@ -350,13 +352,24 @@ def test_models_generate_judge_report_resume_and_reuse(tiny_model_dir, baseline_
     assert log.read_text() == ""  # judgments reused too
     assert again == report
 
+    # killed after writing the responses and judgments but before recording them finished: the
+    # stages resume their own files, nothing is generated or judged again
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert list(manifest["stages"]) == ["policy_responses", "baseline_responses", "judgments"]
+    for record in manifest["stages"].values():
+        record["finished"] = False
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / "report.json").unlink()
+    assert run_eval(eval_config(*args)) == report
+    assert log.read_text() == ""
+
     # a model retrained in place (its weight file changed) does not reuse its old responses
     weights = baseline_dir / "model.safetensors"
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     (out / "report.json").unlink()
-    with pytest.raises(ConfigError, match=r"baseline_responses\.jsonl was made with other settings "
-                                          r"\(settings differ in: model_files\)"):
+    with pytest.raises(ConfigError, match=r"stage 'baseline_responses' finished with other inputs or settings "
+                                          r"\(model's weight files changed\)"):
         run_eval(eval_config(*args))
 
 

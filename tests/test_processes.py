@@ -104,3 +104,10 @@ def test_eval_on_two_processes_writes_the_one_process_files(tiny_model_dir, tiny
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
     assert two["win_rate"] == one["win_rate"] and two["win_rate_ci"] == one["win_rate_ci"]
+
+    # again, on 2 processes: both read the same manifest and reuse every stage (none regenerated)
+    stages = ("policy_responses.jsonl", "baseline_responses.jsonl", "judgments.jsonl")
+    written = {name: (tmp_path / "two" / name).stat().st_mtime_ns for name in stages}
+    launch("eval", [*args(tmp_path / "two"), "overwrite=true"])
+    assert {name: (tmp_path / "two" / name).stat().st_mtime_ns for name in stages} == written
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["win_rate"] == one["win_rate"]

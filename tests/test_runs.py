@@ -135,7 +135,7 @@ def test_resume_with_a_changed_config(tiny_model_dir, tmp_path, capsys):
     Trainer(config(tiny_model_dir, out, "save_steps=2", "max_steps=3")).run()
     with pytest.raises(ConfigError) as err:
         Trainer(config(tiny_model_dir, out, "save_steps=2", "max_steps=3", "resume=true", "loss=ipo", "beta=0.5"))
-    assert "loss ('dpo' -> 'ipo')" in str(err.value) and "beta (None -> 0.5)" in str(err.value)
+    assert "loss: 'dpo' -> 'ipo'" in str(err.value) and "beta: None -> 0.5" in str(err.value)
     with pytest.raises(ConfigError, match="lora.r"):
         Trainer(config(tiny_model_dir, out, "save_steps=2", "max_steps=3", "resume=true", "lora.r=4"))
     assert json.loads((out / "train_config.json").read_text())["loss"] == "dpo"  # not rewritten

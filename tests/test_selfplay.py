@@ -177,11 +177,11 @@ def test_sppo_two_iterations_equal_a_hand_computation(uninterrupted, tiny_model_
 
 # --------------------------------------------------------------------------- kill and resume
 
-#: Files that hold the time a stage took (reports, metrics.jsonl) or the modification times of
-#: the model's files (the evaluation's settings beside its responses, so a model retrained in
+#: Files that hold the time a stage took (reports, metrics.jsonl, the manifests) or the
+#: modification times of the model's files (an evaluation's manifest, so a model retrained in
 #: place is not reused): compared without those fields; every other file byte for byte.
 NOT_BYTE_IDENTICAL = {"generated.report.json", "baseline_responses.report.json", "policy_responses.report.json",
-                      "judged.report.json", "metrics.jsonl", "policy_responses.settings.json", MANIFEST}
+                      "judged.report.json", "metrics.jsonl", MANIFEST}
 
 
 def _without_times(path: Path):
@@ -354,28 +354,35 @@ def test_prompt_slices():
         sp_run.prompt_slices(5, 3, 2, "p.jsonl")
 
 
+def prepare(cfg):
+    """`prepare_output_dir` as `run_selfplay` calls it: holding the run directory."""
+    with Runner(cfg.output_dir, cfg.overwrite) as runner:
+        sp_run.prepare_output_dir(cfg, runner)
+
+
 def test_run_directory_resumes_refuses_or_replaces(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(None, BASE + [f"output_dir={out}", "iterations=1"], cls=SelfPlayConfig)
-    sp_run.prepare_output_dir(cfg)
+    prepare(cfg)
     with Runner(out) as runner:
         runner.run(Stage("iter_1/generate", lambda: None))
     more = load_config(None, BASE + [f"output_dir={out}", "iterations=3"], cls=SelfPlayConfig)
-    sp_run.prepare_output_dir(more)  # more iterations: the same run, continued
+    prepare(more)  # more iterations: the same run, continued
     assert finished_stages(out) == {"iter_1/generate"}
-    assert json.loads((out / "selfplay_config.json").read_text())["iterations"] == 3
+    assert json.loads((out / MANIFEST).read_text())["run"]["iterations"] == 3
     other = load_config(None, BASE + [f"output_dir={out}", "train.beta=0.2"], cls=SelfPlayConfig)
     with pytest.raises(ConfigError, match=r"holds a self-play run with another config \(train.beta: None -> 0.2\)"):
-        sp_run.prepare_output_dir(other)
+        prepare(other)
     other.overwrite = True
-    sp_run.prepare_output_dir(other)
-    assert not (out / "iter_1").exists()
+    prepare(other)
+    assert not (out / "iter_1").exists() and finished_stages(out) == set()
+    assert json.loads((out / MANIFEST).read_text())["run"]["train"]["beta"] == 0.2
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     cfg.output_dir, cfg.overwrite = str(foreign), True
     with pytest.raises(ConfigError, match="holds files prefero did not write"):
-        sp_run.prepare_output_dir(cfg)
+        prepare(cfg)
 
 
 def test_an_iteration_without_a_preference_is_an_error_naming_the_judged_file(tmp_path, monkeypatch, tiny_model_dir):

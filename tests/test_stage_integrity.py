@@ -30,7 +30,7 @@ from prefero.label import LabelConfig, run_label
 from prefero.options import ConfigError, load_config
 from prefero.selfplay import run as sp_run
 from prefero.selfplay.config import SelfPlayConfig
-from prefero.stages import Stage
+from prefero.stages import MANIFEST, Runner, Stage
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -73,7 +73,7 @@ def test_judge_resume_refuses_changed_input_content_and_redoes_with_overwrite(tm
         run_judge(judge_cfg(src, out, fn))  # rows 0-3 saved, then "killed"
     judged_input(src, version="b")  # the input regenerated in place, same path
     with pytest.raises(ConfigError, match=r"judged.partial.jsonl holds rows of an unfinished run with different "
-                                          r"settings \(input content changed since the partial run\)"):
+                                          r"settings \(input content changed\)"):
         run_judge(judge_cfg(src, out, fn))
     fn = write_judge(tmp_path / "verifier.py")
     run_judge(judge_cfg(src, out, fn, "overwrite=true"))
@@ -86,7 +86,7 @@ def test_judge_resume_refuses_an_edited_verifier(tmp_path):
     with pytest.raises(Exception, match="killed"):
         run_judge(judge_cfg(src, out, fn))
     write_judge(tmp_path / "verifier.py", fail_on="p4", offset=100)  # same name, other scores
-    with pytest.raises(ConfigError, match=r"judge changed: judge.function_source changed"):
+    with pytest.raises(ConfigError, match=r"\(judge: function's source changed\)"):
         run_judge(judge_cfg(src, out, fn))
     write_judge(tmp_path / "verifier.py", fail_on="p4")  # the verifier the rows were made with: resumed
     with pytest.raises(Exception, match="killed"):
@@ -100,12 +100,17 @@ def test_selfplay_refuses_a_changed_prompt_pool(tmp_path):
     cfg = load_config(None, ["model=m", "prompts=p.jsonl", f"output_dir={tmp_path / 'run'}", "judge.type=callable",
                              "judge.function=m:f"], cls=SelfPlayConfig)
     inputs = {"prompts_sha256": "0" * 64, "eval_prompts_sha256": None, "judge": {}, "eval_judge": None}
-    sp_run.prepare_output_dir(cfg, inputs)
-    sp_run.prepare_output_dir(cfg, inputs)  # the same: resumed
-    with pytest.raises(ConfigError, match=r"another config \(prompts content changed since the partial run\)"):
-        sp_run.prepare_output_dir(cfg, {**inputs, "prompts_sha256": "1" * 64})
-    with pytest.raises(ConfigError, match=r"judge changed since the partial run: its function's source"):
-        sp_run.prepare_output_dir(cfg, {**inputs, "judge": {"function_source_sha256": "2" * 64}})
+
+    def prepare(inputs):
+        with Runner(cfg.output_dir) as runner:
+            sp_run.prepare_output_dir(cfg, runner, inputs)
+
+    prepare(inputs)
+    prepare(inputs)  # the same: resumed
+    with pytest.raises(ConfigError, match=r"another config \(inputs: prompts content changed\)"):
+        prepare({**inputs, "prompts_sha256": "1" * 64})
+    with pytest.raises(ConfigError, match=r"\(inputs.judge: function's source changed\)"):
+        prepare({**inputs, "judge": {"function_source_sha256": "2" * 64}})
 
 
 # --------------------------------------------------------------------------- item 7
@@ -341,4 +346,4 @@ def test_selfplay_with_a_wrong_model_creates_nothing_and_the_corrected_rerun_run
     monkeypatch.setattr("prefero.selfplay.summary.iteration_line", lambda *a, **k: "")
     sp_run.run_selfplay(load_config(None, [f"model={tiny_model_dir}", *args], cls=SelfPlayConfig))
     assert stages == ["generate", "judge", "label", "train"]
-    assert json.loads((out / "selfplay_config.json").read_text())["model"] == str(tiny_model_dir)
+    assert json.loads((out / MANIFEST).read_text())["run"]["model"] == str(tiny_model_dir)

@@ -3,9 +3,11 @@ same fingerprint is skipped, a changed one refused naming the change (or redone 
 overwrite), a killed one resumed, a second concurrent run refused."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,7 +87,7 @@ def test_a_changed_judge_is_refused_naming_what_changed(tmp_path):
         runner.run(count_stage(tmp_path, judge=judge_identity(judge)))
         runner.run(count_stage(tmp_path, judge=judge_identity(judge)))  # skipped: same judge
     judge_file.write_text("def judge(prompt, completions):\n    return [0.0 for _ in completions]\n")
-    with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"\(judge.function_source changed\)"):
+    with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"\(judge: function's source changed\)"):
         runner.run(count_stage(tmp_path, judge=judge_identity(judge)))
     with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"\(judge.function: "):
         runner.run(count_stage(tmp_path, judge={**judge_identity(judge), "function": "other:judge"}))
@@ -169,6 +171,105 @@ def test_an_unfinished_stage_with_other_settings_is_refused(tmp_path):
                                                                        r"settings \(n: 6 -> 7\); rerun with those to "
                                                                        r"resume it"):
         runner.run(Stage("rows", lambda: None, settings={"n": 7}))
+
+
+def test_a_stage_knows_it_resumes_its_own_unfinished_run(tmp_path):
+    seen = []
+
+    def killed():
+        raise KeyboardInterrupt
+
+    class Probe(Stage):
+        def run(self):
+            seen.append(self.resuming)
+            (self.dir / "out.txt").write_text("done")
+
+    with Runner(tmp_path) as runner, pytest.raises(KeyboardInterrupt):
+        runner.run(Stage("s", killed, settings={"n": 1}))
+    with Runner(tmp_path) as runner:
+        runner.run(Probe("s", outputs=["out.txt"], settings={"n": 1}))  # the killed run's own
+    with Runner(tmp_path, overwrite=True) as runner:
+        runner.run(Probe("s", outputs=["out.txt"], settings={"n": 2}))  # redone with other settings
+        runner.run(Probe("t", outputs=["out.txt"]))  # never started before
+    assert seen == [True, False, False]
+
+
+def test_processes_of_one_run_decide_alike_and_only_process_0_writes(tmp_path):
+    """Two processes (threads here, with a real barrier). Process 1 starts late: process 0
+    would have finished and recorded stages a and b before process 1 read the manifest, but
+    both decide from the copy they read together, so each stage is run by both or skipped by
+    both."""
+    import threading
+    from types import SimpleNamespace
+
+    (tmp_path / "words.txt").write_text("wave salt tide")
+    with Runner(tmp_path) as runner:
+        runner.run(count_stage(tmp_path))  # finished earlier: both skip it
+    barrier = threading.Barrier(2, timeout=60)
+    ran = {0: [], 1: []}
+    errors = []
+
+    def process(rank):
+        procs = SimpleNamespace(main=rank == 0, barrier=barrier.wait)
+        time.sleep(0.5 * rank)
+        try:
+            with Runner(tmp_path, procs=procs) as runner:
+                runner.run(count_stage(tmp_path))
+                for name in ("a", "b"):
+                    runner.run(Stage(name, lambda name=name: ran[rank].append(name)))
+                ran[rank].extend(f"skipped {n}" for n in runner.skipped)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert ran[0] == ran[1] == ["a", "b", "skipped count"]
+    stages = json.loads((tmp_path / MANIFEST).read_text())["stages"]
+    assert [(n, r["finished"]) for n, r in stages.items()] == [("count", True), ("a", True), ("b", True)]
+    assert calls == ["count"]  # once, by the first (one-process) run
+
+
+class InProcess(Stage):
+    """A stage that says which process ran it, for side-by-side runs (module level: it pickles)."""
+
+    def __init__(self, name, fail=False, **kw):
+        super().__init__(name, outputs=[f"{name}.txt"], **kw)
+        self.fail = fail
+
+    def run(self):
+        if self.fail:
+            raise ValueError(f"{self.name} failed")
+        (self.dir / f"{self.name}.txt").write_text(str(os.getpid()))
+        return {"pid": os.getpid()}
+
+
+def test_stages_side_by_side_run_in_their_own_processes_and_are_recorded_here(tmp_path):
+    done = []
+    with Runner(tmp_path) as runner:
+        runner.run(InProcess("a"))
+        results = runner.run_side_by_side([InProcess("a"), InProcess("b"), InProcess("c")], processes=2,
+                                          done=lambda stage: done.append(stage.name))
+    assert results[0]["pid"] == os.getpid()  # recorded earlier, skipped
+    assert len({os.getpid(), results[1]["pid"], results[2]["pid"]}) == 3  # each in a process of its own
+    assert sorted(done) == ["a", "b", "c"] and done[0] == "a"
+    stages = json.loads((tmp_path / MANIFEST).read_text())["stages"]
+    assert all(stages[n]["finished"] and stages[n]["result"]["pid"] == results[i]["pid"] for i, n in enumerate("abc"))
+
+    # a changed stage is refused before any of the others starts
+    with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"stage 'c' finished with other inputs"):
+        runner.run_side_by_side([InProcess("d"), InProcess("c", settings={"n": 2})], processes=2)
+    assert "d" not in json.loads((tmp_path / MANIFEST).read_text())["stages"]
+
+    # a failure is raised once the others end, and they are recorded finished; the failed one is not
+    with Runner(tmp_path) as runner, pytest.raises(ValueError, match="e failed"):
+        runner.run_side_by_side([InProcess("d"), InProcess("e", fail=True)], processes=2)
+    stages = json.loads((tmp_path / MANIFEST).read_text())["stages"]
+    assert stages["d"]["finished"] and not stages["e"]["finished"]
 
 
 def test_content_ids_follow_content_not_names(tmp_path, monkeypatch):

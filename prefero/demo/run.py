@@ -19,9 +19,10 @@ config it builds (`prefero.train.train`, `run_generate`, `run_judge`, `run_label
       logs/STAGE.log           what each stage printed
       report.json report.md    the comparison
 
-A finished stage is recorded in `stages.json` (`prefero.stages`: with what it measured, and
-the settings and task files it ran with); with `resume=true` an interrupted demo skips those
-(refusing other settings) and reruns the unfinished one (self-play,
+A finished stage is recorded in `stages.json` (`prefero.stages`: with what it measured; the
+settings and task files the demo ran with are recorded there once, as the run's); with
+`resume=true` an interrupted demo skips those (refusing other settings before any stage) and
+reruns the unfinished one (self-play,
 generation, judging and evaluation pick up their own partial work; a training stage
 restarts: none takes a minute). Without it, an earlier demo's directory is replaced and nothing else is ever
 touched (`prefero.outputs`).
@@ -42,7 +43,8 @@ from prefero.demo.task import EVAL_PROMPT_FILES, FILES, JUDGE_FUNCTION, LAX_JUDG
 from prefero.files import atomic_write_text
 from prefero.options import ConfigError, load_config
 from prefero.outputs import check_output_dir, claim_output_dir, owner
-from prefero.stages import Runner, Stage, content_id
+from prefero.stage_files import join_changes
+from prefero.stages import Runner, Stage, content_id, finished_stages
 
 #: Longest answer: 10 words and a period are 11 tokens; more is an answer that ran on.
 MAX_NEW_TOKENS = 16
@@ -84,12 +86,12 @@ _STAGE_OUTPUT = _Redirect()
 
 class Stages:
     """The demo's stages through the run directory's stage runner (`prefero.stages`): each
-    one's output captured in logs/, its time measured, one line on the terminal. Every
-    stage's fingerprint is the demo's settings and the task's shipped files, so a resumed
-    demo with other settings is refused naming the first stage and setting that differ."""
+    one's output captured in logs/, its time measured, one line on the terminal. Every stage
+    depends on the whole config (the model each trains from, the data each reads), so the
+    config is the run's (`_claim`), checked before any stage runs, not each stage's."""
 
-    def __init__(self, runner: Runner, settings: dict):
-        self.runner, self.settings = runner, settings
+    def __init__(self, runner: Runner):
+        self.runner = runner
         self.out = runner.dir
         self.seconds: dict[str, float] = {}
         self.seconds_this_run = 0.0
@@ -103,7 +105,7 @@ class Stages:
             with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f):
                 return fn()
 
-        result = self.runner.run(Stage(name, work, settings=self.settings))
+        result = self.runner.run(Stage(name, work))
         self.seconds[name] = self.runner.seconds(name)
         if name in self.runner.skipped:
             print("(done earlier)", flush=True)
@@ -130,11 +132,11 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
     # the lock first (it lies beside output_dir): a second demo on the same directory fails
     # before it can clear what the first is writing
     with Runner(out, redo="run without resume=true to start over") as runner:
-        _claim(out, cfg)
+        _claim(out, cfg, runner, settings)
         started = time.perf_counter()
         print(f"prefero demo: a tiny Llama trained from scratch on a task a verifier can judge, then DPO, SimPO "
               f"and SPPO; {'the reduced demo; ' if cfg.quick else ''}writing to {out}", flush=True)
-        stages = Stages(runner, settings)
+        stages = Stages(runner)
         with one_thread():
             results = Pipeline(cfg.effective(), out, stages).run()
         from prefero.demo.report import build_report, print_summary, write_demo_report
@@ -163,19 +165,27 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def _claim(out: Path, cfg: DemoConfig) -> None:
-    """Replace an earlier demo (never anything else), or keep a resumed one (whose stages the
-    runner checks against this config's)."""
+def _claim(out: Path, cfg: DemoConfig, runner: Runner, settings: dict) -> None:
+    """Replace an earlier demo (never anything else), or keep a resumed one made with these
+    `settings` (the config and the task files), refusing one made with others."""
     if cfg.resume and out.exists() and any(out.iterdir()):
         who = owner(out)
         if who != "demo":
             whose = f"was written by `prefero {who}`" if who else "holds files prefero did not write"
             raise ConfigError(f"output_dir {out} {whose}; resume=true continues a demo only")
+        changes = runner.earlier_config(settings)
+        if changes or (changes is None and finished_stages(out)):
+            what = join_changes(changes) if changes else "they are not recorded"
+            raise ConfigError(f"output_dir {out} holds a demo made with other settings ({what}); rerun with those "
+                              "to resume it, or run without resume=true to start over")
         claim_output_dir(out, "demo", clear=False)
     else:
         clear = check_output_dir(out, overwrite=True, resume=False, key="--output-dir",
                                  may_replace=lambda who: who == "demo")
         claim_output_dir(out, "demo", clear)
+        if clear:
+            runner.forget()
+    runner.record_config(settings)
 
 
 class Pipeline:

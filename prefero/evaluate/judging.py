@@ -40,11 +40,12 @@ from prefero.data.formats import Where
 from prefero.data.read import iter_rows
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.report import compare
-from prefero.evaluate.responses import prompt_key, reusable
+from prefero.evaluate.responses import prompt_key
 from prefero.judges import Item, sigmoid, text_key
 from prefero.judges.run import check_finite, judge_identity
 from prefero.pipeline_io import Prompt, StageOutput, partial_paths, read_jsonl_rows
 from prefero.processes import Processes, position_batches
+from prefero.stages import Runner, Stage
 
 JUDGMENTS = "judgments.jsonl"
 #: Judges with no order to debias: a reward model scores each response alone; a pairwise
@@ -52,14 +53,14 @@ JUDGMENTS = "judgments.jsonl"
 ONE_ORDER = ("reward_model", "pairwise_model")
 
 
-def judge_and_compare(cfg: EvalConfig, prompts: list[Prompt], responses: dict, procs: Processes):
+def judge_and_compare(cfg: EvalConfig, prompts: list[Prompt], responses: dict, procs: Processes, runner: Runner):
     """Judge every prompt (resumably), then the win rate and length control on the judged
     ones; (None, {}) on processes other than 0."""
     policy, baseline = responses["policy"].texts, responses["baseline"].texts
     records = prompt_records(cfg, prompts)
     items = [Item(p.text, [a, b], Where(p.file, p.row), records[i], (cfg.prompt_column, "responses"))
              for i, (p, a, b) in enumerate(zip(prompts, policy, baseline))]
-    rows = judgments(cfg, items, procs)
+    rows = judgments(cfg, items, procs, runner)
     if rows is None:
         return None, {}
     judged = [r for r in rows if r["unjudged"] is None]
@@ -98,18 +99,26 @@ def prompt_records(cfg: EvalConfig, prompts: list[Prompt]) -> list[dict]:
     return [records[i] if isinstance(records[i], dict) else {} for i in range(len(prompts))]
 
 
-def judgments(cfg: EvalConfig, items: list[Item], procs: Processes) -> list[dict] | None:
-    """One row per prompt (see `judgment_rows`), from judgments.jsonl when it is finished
-    with these settings, else judged batch by batch into it (resuming a killed run). On
-    processes other than 0, None once their share is saved."""
-    output = Path(cfg.output_dir) / JUDGMENTS
-    fingerprint = hashlib.sha256()
-    for item in items:
-        fingerprint.update(json.dumps([prompt_key(item.prompt), *item.completions], ensure_ascii=False).encode())
-    settings = {"judge": judge_identity(cfg.judge), "pointwise_preference": cfg.pointwise_rule(),
-                "prompts_and_responses_sha256": fingerprint.hexdigest()}
-    if not reusable(output, settings, cfg.overwrite):
-        stage = StageOutput(output, settings, cfg.overwrite, procs.rank, procs.world, procs.barrier)
+class Judgments(Stage):
+    """Both orders of every (policy, baseline) pair judged, batch by batch into
+    judgments.jsonl (`StageOutput`: a killed run resumes its rows). Its fingerprint: the
+    judge's identity, the pointwise rule and the prompts and responses judged."""
+
+    def __init__(self, cfg: EvalConfig, items: list[Item], procs: Processes):
+        self.cfg, self.items, self.procs = cfg, items, procs
+        self.output = Path(cfg.output_dir) / JUDGMENTS
+        fingerprint = hashlib.sha256()
+        for item in items:
+            fingerprint.update(json.dumps([prompt_key(item.prompt), *item.completions], ensure_ascii=False).encode())
+        settings = {"judge": judge_identity(cfg.judge), "pointwise_preference": cfg.pointwise_rule(),
+                    "prompts_and_responses_sha256": fingerprint.hexdigest()}
+        super().__init__("judgments", outputs=[self.output], settings=settings)
+
+    def run(self) -> None:
+        if self.resuming and self.output.exists():
+            return  # killed between the file's last write and the manifest's: it is this stage's own
+        cfg, items, procs, output = self.cfg, self.items, self.procs, self.output
+        stage = StageOutput(output, self.settings, cfg.overwrite, procs.rank, procs.world, procs.barrier)
         done = stage.start()
         batches = position_batches(len(items), cfg.batch_size)
         mine = procs.pending(batches, done)
@@ -138,9 +147,17 @@ def judgments(cfg: EvalConfig, items: list[Item], procs: Processes) -> list[dict
                 if hasattr(judge, "close"):
                     judge.close()
         stage.finish(total=len(items))
-        if not procs.main:
-            return None
-    return [row for _, row in read_jsonl_rows(output)]
+
+
+def judgments(cfg: EvalConfig, items: list[Item], procs: Processes, runner: Runner) -> list[dict] | None:
+    """One row per prompt (see `judgment_rows`): the `Judgments` stage's output, reused when
+    finished with the same fingerprint. On processes other than 0, None once their share is
+    saved."""
+    stage = Judgments(cfg, items, procs)
+    runner.run(stage)
+    if not procs.main:
+        return None
+    return [row for _, row in read_jsonl_rows(stage.output)]
 
 
 def asked_answers(items: list[Item], indices) -> int:

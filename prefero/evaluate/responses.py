@@ -10,16 +10,15 @@ twice takes the file's responses to it in file order. A prompt with no response 
 error naming its row; rows of the file that answer no prompt are counted in the report
 (`unused_rows`). Without `prompts` the policy's file sets the prompts.
 
-A finished responses file is reused when the settings it was made with (kept beside it in
-NAME.settings.json: the sampling keys, the prompts' fingerprint, the model's weight files)
-equal this run's; made with other settings it is an error, or with `overwrite: true` is
-made again.
+Generating a side's responses is a stage of output_dir's run (`prefero.stages`: recorded in
+output_dir/stages.json with its fingerprint, the sampling keys, the prompts' fingerprint and
+the model's weight files): a finished one with the same fingerprint is reused; with another it
+is an error naming what changed, or with `overwrite: true` is made again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,10 @@ from prefero.data.errors import DataError
 from prefero.data.formats import Text, Where, text_value
 from prefero.data.read import iter_rows
 from prefero.evaluate.config import EvalConfig
-from prefero.files import atomic_write_json, scrub_credentials
 from prefero.judges import text_key
-from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt, read_jsonl_rows
 from prefero.processes import Processes
+from prefero.stages import Runner, Stage
 
 
 def responses_path(output_dir: str | Path, side: str) -> Path:
@@ -144,22 +142,38 @@ def generate_config(cfg: EvalConfig, side: str, model: str):
                           **dataclasses.asdict(cfg.generation))
 
 
-def generated_responses(cfg: EvalConfig, side: str, model: str, prompts: list[Prompt],
-                        procs: Processes = Processes()) -> Responses:
-    """`model`'s response to every prompt: the generation stage's output, made (or resumed)
-    unless a finished one with the same settings is there. Under several processes the
-    generation stage shares the work, and all of them read the file process 0 merged."""
-    from prefero.generate import run_generate
-    from prefero.generate.prompts import prompts_sha256
-    from prefero.reference import model_identity
+class GeneratedResponses(Stage):
+    """`model`'s response to every prompt, made by the generation stage (`prefero generate`),
+    which resumes a killed run's rows. Under several processes they share the work, and all
+    of them read the file process 0 merged."""
 
-    gen = generate_config(cfg, side, model)
-    # the model's weight files too: a model retrained in place must not reuse old responses
-    settings = {**gen.settings(prompts_sha256(prompts)), "model_files": model_identity(model)}
-    if not reusable(Path(gen.output), settings, cfg.overwrite):
-        run_generate(gen)
-        if procs.barrier is not None:
-            procs.barrier()  # process 0 has merged the rows
+    def __init__(self, cfg: EvalConfig, side: str, model: str, prompts: list[Prompt], procs: Processes):
+        from prefero.generate.prompts import prompts_sha256
+        from prefero.reference import model_identity
+
+        self.gen, self.procs = generate_config(cfg, side, model), procs
+        # the model's weight files too: a model retrained in place must not reuse old responses
+        settings = {**self.gen.settings(prompts_sha256(prompts)), "model_files": model_identity(model)}
+        super().__init__(f"{side}_responses", outputs=[self.gen.output], settings=settings)
+
+    def run(self) -> None:
+        from prefero.generate import run_generate
+        from prefero.generate.run import report_path
+
+        # killed between generation's last write and the manifest's: the file is this stage's own
+        if not (self.resuming and Path(self.gen.output).exists() and Path(report_path(self.gen.output)).exists()):
+            run_generate(self.gen)
+        if self.procs.barrier is not None:
+            self.procs.barrier()  # process 0 has merged the rows
+
+
+def generated_responses(cfg: EvalConfig, side: str, model: str, prompts: list[Prompt], runner: Runner,
+                        procs: Processes = Processes()) -> Responses:
+    """`model`'s response to every prompt: the `GeneratedResponses` stage's output, made (or
+    resumed) by `runner` unless a finished one with the same fingerprint is there."""
+    stage = GeneratedResponses(cfg, side, model, prompts, procs)
+    runner.run(stage)
+    gen = stage.gen
     rows = [row for _, row in read_jsonl_rows(Path(gen.output))]
     if [r["index"] for r in rows] != list(range(len(prompts))):
         raise DataError(gen.output, None, "index", f"{len(rows)} rows that are not the {len(prompts)} prompts of "
@@ -169,24 +183,3 @@ def generated_responses(cfg: EvalConfig, side: str, model: str, prompts: list[Pr
     return Responses(texts, gen.output, "index", hit_max_new_tokens=hit)
 
 
-def reusable(output: Path, settings: dict, overwrite: bool) -> bool:
-    """True when `output` is a finished stage output made with `settings` (reuse it).
-
-    Otherwise `settings` is recorded in NAME.settings.json for the run about to make it,
-    after refusing (without `overwrite`) to replace a finished output made with others.
-    """
-    sidecar = output.with_name(output.stem + ".settings.json")
-    settings = json.loads(json.dumps(scrub_credentials(settings)))  # as it reads back (no password in a URL)
-    if output.exists():
-        try:
-            old = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old == settings:
-            return True
-        if not overwrite:
-            why = ("its settings file is missing" if not isinstance(old, dict) else "settings differ in: " +
-                   ", ".join(sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))))
-            raise ConfigError(f"{output} was made with other settings ({why}); set overwrite=true to make it again")
-    atomic_write_json(sidecar, settings)
-    return False

@@ -17,9 +17,10 @@ Files in `output_dir`: `policy_responses.jsonl` / `baseline_responses.jsonl` (fr
 model; `prefero generate` rows, with their `.report.json`), `judgments.jsonl`,
 `pairs_data_report.json`, and the report: report.json, report.md, comparisons.jsonl, plots/.
 
-Resumption: generation and judging are the costly stages; both write resumable outputs
+Resumption: generation and judging are the costly stages, and stages of output_dir's run
+(`prefero.stages`, manifest output_dir/stages.json): each writes a resumable output
 (prefero.pipeline_io.StageOutput), so a killed evaluation picks up where it stopped, and
-a finished one made with this run's settings is reused. An existing report.json is
+a finished one with this run's fingerprint is reused. An existing report.json is
 replaced only with `overwrite: true`, checked before any work, as are output_dir itself
 (not a file, not under one) and the lock that keeps a second evaluation out of it while
 this one runs.
@@ -32,7 +33,6 @@ writes; process 0 computes the held-out pair metrics and writes the report.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 from prefero.evaluate.config import EvalConfig
@@ -49,7 +49,8 @@ from prefero.evaluate.responses import (
 from prefero.options import ConfigError
 from prefero.pipeline_io import Prompt, read_prompts
 from prefero.processes import Processes, stage_processes
-from prefero.stage_files import OutputLock, check_output_dir_path, check_output_file, make_folder
+from prefero.stage_files import check_output_dir_path, check_output_file, make_folder
+from prefero.stages import Runner
 
 SIDES = ("policy", "baseline")
 
@@ -73,11 +74,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     make_folder(out.parent, "output_dir", out)
     procs = stage_processes(needs_torch=False)  # the stages load their models themselves
     # one evaluation writes output_dir at a time; its process 0 holds the lock for all of them
-    with OutputLock(out, "output_dir") if procs.main else nullcontext():
-        return _evaluate(cfg, out, procs)
+    with Runner(out, cfg.overwrite, procs=procs) as runner:
+        return _evaluate(cfg, out, procs, runner)
 
 
-def _evaluate(cfg: EvalConfig, out: Path, procs: Processes) -> dict:
+def _evaluate(cfg: EvalConfig, out: Path, procs: Processes, runner: Runner) -> dict:
     meta: dict = {"name": Path(cfg.model or cfg.outputs or "policy").name}
 
     # 1. read and check the inputs: models, judge, prompts, responses files, pairs
@@ -98,8 +99,8 @@ def _evaluate(cfg: EvalConfig, out: Path, procs: Processes) -> dict:
     if cfg.wants_win_rate:
         for side, model in (("policy", cfg.model), ("baseline", cfg.baseline_model)):
             if model:
-                responses[side] = generated_responses(cfg, side, model, prompts, procs)
-        result, judge_meta = judge_and_compare(cfg, prompts, responses, procs)
+                responses[side] = generated_responses(cfg, side, model, prompts, runner, procs)
+        result, judge_meta = judge_and_compare(cfg, prompts, responses, procs, runner)
         meta.update(describe_sides(cfg, responses))
         meta.update(judge_meta)
     if not procs.main:

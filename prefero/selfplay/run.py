@@ -35,9 +35,9 @@ Before anything is created, every source is checked (the model, the judges' mode
 functions, the prompt files, output_dir), so a wrong path costs no directory that a
 corrected rerun would refuse. One run holds output_dir at a time (a lock beside it), and a
 run resumes only with the same config and the same inputs: the prompt files' content and
-the judge's identity (a callable's source, a local judge model's files) are recorded in
-selfplay_config.json under `inputs`, and a change is refused, never mixed with the
-iterations already done.
+the judge's identity (a callable's source, a local judge model's files) are recorded with
+the config in the manifest (`run` in stages.json, under `inputs`), and a change is refused,
+never mixed with the iterations already done.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from prefero.data.errors import DataError
 from prefero.evaluate.config import EvalConfig
 from prefero.evaluate.responses import generate_config as eval_generate_config
 from prefero.evaluate.run import run_eval
-from prefero.files import atomic_write_json, scrub_credentials, write_jsonl_atomic
+from prefero.files import write_jsonl_atomic
 from prefero.generate import GenerateConfig, run_generate
 from prefero.judges.config import JudgeRunConfig
 from prefero.judges.run import judge_identity, run_judge
@@ -66,14 +66,13 @@ from prefero.pipeline_io import Prompt, read_prompts
 from prefero.selfplay.config import RESUMABLE_KEYS, SelfPlayConfig
 from prefero.selfplay.paths import iteration_dir, policy_path, reference_path, report_path, stage_names
 from prefero.selfplay.summary import iteration_line, write_summary
-from prefero.stage_files import check_output_dir_path, make_folder, rows_sha256
+from prefero.stage_files import check_output_dir_path, join_changes, make_folder, rows_sha256
 from prefero.stages import Runner, Stage, finished_stages
 from prefero.train import train
 
 log = get_logger(__name__)
 
 COMMAND = "selfplay"
-CONFIG_FILE = "selfplay_config.json"
 
 
 def prompt_slices(total: int, iterations: int, per_iteration: int, source: str = "prompts") -> list[range]:
@@ -250,7 +249,7 @@ def run_selfplay(cfg: SelfPlayConfig) -> dict:
     out = Path(cfg.output_dir)
     make_folder(out.parent, "output_dir", out)
     with Runner(out, cfg.overwrite) as runner:
-        prepare_output_dir(cfg, inputs)
+        prepare_output_dir(cfg, runner, inputs)
         return _iterations(cfg, pool, slices, runner)
 
 
@@ -292,61 +291,27 @@ def check_sources(cfg: SelfPlayConfig) -> None:
             check_model_source(judge.model, f"{key}.model")
 
 
-def prepare_output_dir(cfg: SelfPlayConfig, inputs: dict | None = None) -> None:
+def prepare_output_dir(cfg: SelfPlayConfig, runner: Runner, inputs: dict | None = None) -> None:
     """Resume a run with this config (and these `inputs`' fingerprints), or refuse (or, with
-    overwrite, clear) what else is there; then record the config. A run counts as finished
-    when its last stage is marked done."""
+    overwrite, clear) what else is there; then record the config in the run's manifest. A run
+    counts as finished when its last stage is."""
     out = Path(cfg.output_dir)
-    saved_path = out / CONFIG_FILE
-    current = scrub_credentials(to_dict(cfg))  # as written: a password in a URL is never recorded
-    if inputs is not None:
-        current["inputs"] = json.loads(json.dumps(scrub_credentials(inputs)))
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        if inputs is None or "inputs" not in saved:  # not asked, or a run recorded before inputs were
-            saved["inputs"] = current.get("inputs")
-        changed = [k for k in changed_keys(saved, current) if k not in RESUMABLE_KEYS]
-        if not changed and not (cfg.overwrite and finished(cfg)):
-            atomic_write_json(saved_path, current)  # e.g. more iterations than before
+    current = {**to_dict(cfg), **({"inputs": inputs} if inputs is not None else {})}
+    changes = runner.earlier_config(current, ignore=RESUMABLE_KEYS)
+    if changes is not None:
+        if not changes and not (cfg.overwrite and finished(cfg)):
+            runner.record_config(current)  # e.g. more iterations than before
             return
         if not cfg.overwrite:
-            detail = "; ".join(dict.fromkeys(_change(saved, current, k) for k in changed[:5]))
-            raise ConfigError(f"output_dir {out} holds a self-play run with another config ({detail}); rerun "
-                              f"with its config ({saved_path}) to resume it, or set overwrite=true to replace it")
+            raise ConfigError(f"output_dir {out} holds a self-play run with another config ({join_changes(changes)}); "
+                              f"rerun with its config (`run` in {runner.path}) to resume it, or set overwrite=true "
+                              "to replace it")
     clear = check_output_dir(out, overwrite=cfg.overwrite, resume=False, may_replace=lambda who: who == COMMAND)
     claim_output_dir(out, COMMAND, clear)
-    atomic_write_json(saved_path, current)
-
-
-def _change(saved: dict, current: dict, key: str) -> str:
-    """One changed key in words; the inputs' fingerprints say what changed, not two hashes."""
-    if key.startswith("inputs."):
-        what = key.split(".")[1]
-        name = {"prompts_sha256": "prompts", "eval_prompts_sha256": "eval_prompts"}.get(what)
-        if name:
-            return f"{name} content changed since the partial run"
-        part = "its model's weight files" if ".model_files" in key else "its function's source"
-        return f"{what.replace('_', '.')} changed since the partial run: {part}"
-    return f"{key}: {_get(saved, key)!r} -> {_get(current, key)!r}"
+    if clear:
+        runner.forget()
+    runner.record_config(current)
 
 
 def finished(cfg: SelfPlayConfig) -> bool:
     return f"iter_{cfg.iterations}/{stage_names(cfg)[-1]}" in finished_stages(cfg.output_dir)
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(prefix + k)
-    return keys
-
-
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
