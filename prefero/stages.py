@@ -35,8 +35,8 @@ share one runner each: process 0 takes the lock and alone writes the manifest; e
 reads the manifest once, between two barriers, after the lock is held and before anything is
 written, and decides from that same copy, so all of them skip or run the same stages.
 
-Stages none of which reads what another writes may run side by side, each in a process of its
-own (`run_side_by_side`: on a machine with cores to spare, a run of small one-thread stages
+Stages none of which reads what another writes may run side by side in worker processes
+(`run_side_by_side`: on a machine with cores to spare, a run of small one-thread stages
 takes the time of its longest share, not of their sum); the runner records them as above.
 
 Adding a stage to a command is one `Stage(...)` (or a
@@ -143,6 +143,7 @@ class Runner:
         self.stages: dict[str, dict] | None = None  # the manifest, read on first use
         self.config: dict | None = None  # the whole run's config, for a command that records one
         self.open = False
+        self._pool, self._pool_size = None, 0  # worker processes for side-by-side stages
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
@@ -191,7 +192,10 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         self.open = False
-        self.lock.release()
+        try:
+            self.close_processes()
+        finally:
+            self.lock.release()
 
     def seconds(self, name: str) -> float | None:
         return self._load().get(name, {}).get("seconds")
@@ -208,15 +212,14 @@ class Runner:
 
     def run_side_by_side(self, stages: Sequence[Stage], processes: int,
                          done: Callable[[Stage], None] = lambda stage: None) -> list:
-        """Run stages none of which reads what another writes, `processes` at a time, each in
-        a process of its own (spawned, so a stage must pickle: a class with its settings, not
-        a closure); returns their results in order, and calls `done(stage)` here as each is
+        """Run stages none of which reads what another writes, `processes` at a time in the
+        run's worker processes (`processes()`: spawned, so a stage must pickle: a class with
+        its settings, not a closure); returns their results in order, and calls `done(stage)` here as each is
         recorded or skipped. Every stage is checked before any starts, so a changed one is
         refused with nothing run. One process: one after the other, in this one."""
         if processes <= 1 or len(stages) <= 1 or not self.main:
             return [(self.run(s), done(s))[0] for s in stages]
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
         decided = [self._decide(s) for s in stages]
         results: dict[int, Any] = {}
@@ -228,8 +231,9 @@ class Runner:
         for i in todo:
             self._started(stages[i], decided[i][1])
         error = None
-        with ProcessPoolExecutor(min(processes, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_timed_run, stages[i]): i for i in todo}
+        pool = self.processes(processes)
+        futures = {pool.submit(_timed_run, stages[i]): i for i in todo}
+        try:
             for future in as_completed(futures):
                 i = futures[future]
                 try:
@@ -241,9 +245,32 @@ class Runner:
                     continue
                 results[i] = self._finished(stages[i], decided[i][1], result, seconds)
                 done(stages[i])
+        except BaseException:  # interrupted here: the workers are stopped with the pool
+            self.close_processes()
+            raise
         if error is not None:
             raise error
         return [results[i] for i in range(len(stages))]
+
+    def processes(self, n: int, warm: Callable[[], None] | None = None):
+        """The run's `n` worker processes for side-by-side stages (spawned on first use, kept
+        until the runner closes). `warm`: a module-level function each runs as it starts
+        (importing the libraries the stages need while this process works on)."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None or self._pool_size != n:
+            self.close_processes()
+            self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+            self._pool_size = n
+            for _ in range(n) if warm is not None else ():
+                self._pool.submit(warm)
+        return self._pool
+
+    def close_processes(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _decide(self, stage: Stage) -> tuple[bool, Any]:
         """(True, its recorded result) for a stage to skip, (False, its fingerprint) for one

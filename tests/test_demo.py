@@ -350,15 +350,16 @@ def test_resumed_demo_redoes_no_finished_stage(quick_demo, capsys):
 
 
 def test_killed_demo_resumes_at_the_unfinished_stage(tmp_path, monkeypatch):
-    """A smoke run stopped in its SimPO stage, then resumed: SFT, DPO and SPPO's first
-    iteration are not trained again."""
+    """A smoke run stopped in its SimPO stage, then resumed: SFT, DPO and SPPO's iterations
+    are not trained again."""
     import prefero.selfplay.run
     import prefero.train
     from prefero.demo import run_demo
     from prefero.demo.run import Pipeline
 
     out = tmp_path / "run"
-    args = [f"output_dir={out}", "max_steps=1", "quick=true"]
+    # one process: the stages run here, where the test stops one and counts the trainings
+    args = [f"output_dir={out}", "max_steps=1", "quick=true", "processes=1"]
     original = Pipeline.train_pair_loss
 
     def stop_at_simpo(self, output, *a, **kw):
@@ -379,6 +380,24 @@ def test_killed_demo_resumes_at_the_unfinished_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(prefero.train, "train", counted(prefero.train.train))
     monkeypatch.setattr(prefero.selfplay.run, "train", counted(prefero.selfplay.run.train))
     report = run_demo(load_config(None, args + ["resume=true"], cls=DemoConfig))
-    assert trained == ["simpo", "dpo_lax", "sppo/iter_2/model"]
+    assert trained == ["simpo", "dpo_lax"]  # SPPO's second iteration, the longest, ran first
     assert (out / "dpo" / "model.safetensors").stat().st_mtime_ns == dpo_weights
     assert set(report["methods"]) == {"dpo", "simpo", "sppo"}
+
+
+def test_stages_side_by_side_give_the_one_process_run(tmp_path):
+    """The demo on 2 processes (its trainings and evaluations side by side) makes the models
+    and judgments of the same demo on 1: each stage is the same computation on one torch
+    thread, whichever process runs it."""
+    from prefero.demo import run_demo
+
+    args = ["max_steps=2", "quick=true"]
+    one = run_demo(load_config(None, [f"output_dir={tmp_path / 'one'}", "processes=1", *args], cls=DemoConfig))
+    two = run_demo(load_config(None, [f"output_dir={tmp_path / 'two'}", "processes=2", *args], cls=DemoConfig))
+    for name in ("dpo", "simpo", "sppo/iter_2/model", "dpo_lax"):
+        assert (tmp_path / "two" / name / "model.safetensors").read_bytes() == \
+            (tmp_path / "one" / name / "model.safetensors").read_bytes(), name
+    for name in ("dpo", "simpo", "sppo_2", "dpo_lax_greedy"):
+        assert (tmp_path / "two" / "eval" / name / "comparisons.jsonl").read_bytes() == \
+            (tmp_path / "one" / "eval" / name / "comparisons.jsonl").read_bytes(), name
+    assert two["methods"] == json.loads(json.dumps(one["methods"]).replace(str(tmp_path / "one"), str(tmp_path / "two")))

@@ -248,14 +248,14 @@ class InProcess(Stage):
         return {"pid": os.getpid()}
 
 
-def test_stages_side_by_side_run_in_their_own_processes_and_are_recorded_here(tmp_path):
+def test_stages_side_by_side_run_in_worker_processes_and_are_recorded_here(tmp_path):
     done = []
     with Runner(tmp_path) as runner:
         runner.run(InProcess("a"))
         results = runner.run_side_by_side([InProcess("a"), InProcess("b"), InProcess("c")], processes=2,
                                           done=lambda stage: done.append(stage.name))
     assert results[0]["pid"] == os.getpid()  # recorded earlier, skipped
-    assert len({os.getpid(), results[1]["pid"], results[2]["pid"]}) == 3  # each in a process of its own
+    assert os.getpid() not in (results[1]["pid"], results[2]["pid"])  # in the worker processes
     assert sorted(done) == ["a", "b", "c"] and done[0] == "a"
     stages = json.loads((tmp_path / MANIFEST).read_text())["stages"]
     assert all(stages[n]["finished"] and stages[n]["result"]["pid"] == results[i]["pid"] for i, n in enumerate("abc"))

@@ -92,6 +92,10 @@ class DemoConfig:
     quick: bool = option(False, "the reduced demo (CI): SFT 300 steps, 2 rounds, half the preference steps, the first "
                             "128 prompts of the split, no SimPO ablation")
     seed: int = option(0, "seed of the model's initialisation, training order and sampling", ge=0)
+    processes: int = option(2, "stages that do not read each other's output (the trainings after SPPO's first "
+                               "iteration, the evaluations) run side by side on this many processes, one torch "
+                               "thread each; the results are the same with any number (1 = one after the other)",
+                            ge=1)
     split: str = option("test", "the prompts every reported number is measured on: test (the report's), or validation "
                             "(for tuning settings without looking at the test prompts); disjoint in (topic, N) from "
                             "each other and from training", choices=("test", "validation"))

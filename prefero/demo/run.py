@@ -19,6 +19,11 @@ config it builds (`prefero.train.train`, `run_generate`, `run_judge`, `run_label
       logs/STAGE.log           what each stage printed
       report.json report.md    the comparison
 
+After SPPO's first iteration the trainings (DPO, SimPO, the ablations, SPPO's next iteration)
+read only what is above them, and the evaluations only the models: each group runs side by
+side on `processes` worker processes (`prefero.stages.Runner.run_side_by_side`), one torch
+thread each, making the same models and numbers as one process does.
+
 A finished stage is recorded in `stages.json` (`prefero.stages`: with what it measured; the
 settings and task files the demo ran with are recorded there once, as the run's); with
 `resume=true` an interrupted demo skips those (refusing other settings before any stage) and
@@ -84,35 +89,55 @@ class _Redirect:
 _STAGE_OUTPUT = _Redirect()
 
 
-class Stages:
-    """The demo's stages through the run directory's stage runner (`prefero.stages`): each
-    one's output captured in logs/, its time measured, one line on the terminal. Every stage
-    depends on the whole config (the model each trains from, the data each reads), so the
-    config is the run's (`_claim`), checked before any stage runs, not each stage's."""
+class DemoStage(Stage):
+    """One of the demo's stages: a `Pipeline` method, its prints and progress bars in
+    logs/NAME.log, on one torch thread. It pickles (its settings, not a closure), so it may run
+    side by side with others in a process of its own."""
 
-    def __init__(self, runner: Runner):
-        self.runner = runner
+    def __init__(self, name: str, what: str, cfg: DemoConfig, out: Path, method: str, *args):
+        super().__init__(name)
+        self.what, self.cfg, self.out, self.method, self.args = what, cfg, out, method, args
+
+    def run(self):
+        log = self.out / "logs" / f"{self.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f), one_thread():
+            return getattr(Pipeline(self.cfg, self.out), self.method)(*self.args)
+
+
+class Stages:
+    """The demo's stages through the run directory's stage runner (`prefero.stages`): one
+    line on the terminal each, with its time. Every stage depends on the whole config (the
+    model each trains from, the data each reads), so the config is the run's (`_claim`),
+    checked before any stage runs, not each stage's. Stages that do not read each other's
+    output run side by side on `processes` processes."""
+
+    def __init__(self, runner: Runner, cfg: DemoConfig, processes: int):
+        self.runner, self.cfg, self.processes = runner, cfg, processes
         self.out = runner.dir
         self.seconds: dict[str, float] = {}
         self.seconds_this_run = 0.0
 
-    def run(self, name: str, what: str, fn):
+    def run(self, name: str, what: str, method: str, *args):
         print(f"  {what:<{WIDTH}} ", end="", flush=True)
+        stage = DemoStage(name, what, self.cfg, self.out, method, *args)
+        result = self.runner.run(stage)
+        self._timed(stage)
+        return result
 
-        def work():
-            log = self.out / "logs" / f"{name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f):
-                return fn()
+    def side_by_side(self, stages: list[tuple]) -> list:
+        """(name, what, method, *args) each; their results in order, a line each as it ends."""
+        stages = [DemoStage(name, what, self.cfg, self.out, method, *args) for name, what, method, *args in stages]
+        return self.runner.run_side_by_side(
+            stages, self.processes, done=lambda stage: (print(f"  {stage.what:<{WIDTH}} ", end=""), self._timed(stage)))
 
-        result = self.runner.run(Stage(name, work))
-        self.seconds[name] = self.runner.seconds(name)
-        if name in self.runner.skipped:
+    def _timed(self, stage: DemoStage) -> None:
+        self.seconds[stage.name] = self.runner.seconds(stage.name)
+        if stage.name in self.runner.skipped:
             print("(done earlier)", flush=True)
         else:
-            self.seconds_this_run += self.seconds[name]
-            print(f"{self.seconds[name]:5.0f} s", flush=True)
-        return result
+            self.seconds_this_run += self.seconds[stage.name]
+            print(f"{self.seconds[stage.name]:5.0f} s", flush=True)
 
 
 def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | None = None) -> dict:
@@ -127,7 +152,8 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
             overrides += [f"max_steps={steps}", "quick=true"]
         cfg = load_config(None, overrides, cls=DemoConfig)
     out = Path(cfg.output_dir)
-    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "output_dir")},
+    # what the results depend on: not where they go, nor how many processes make them
+    settings = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "output_dir", "processes")},
                 "task_files": {name: content_id(Path(asset(name))) for name in FILES}}
     # the lock first (it lies beside output_dir): a second demo on the same directory fails
     # before it can clear what the first is writing
@@ -136,9 +162,12 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
         started = time.perf_counter()
         print(f"prefero demo: a tiny Llama trained from scratch on a task a verifier can judge, then DPO, SimPO "
               f"and SPPO; {'the reduced demo; ' if cfg.quick else ''}writing to {out}", flush=True)
-        stages = Stages(runner)
+        effective = cfg.effective()
+        if cfg.processes > 1:
+            runner.processes(cfg.processes, warm=_import_libraries)  # they import while SFT trains here
+        stages = Stages(runner, effective, cfg.processes)
         with one_thread():
-            results = Pipeline(cfg.effective(), out, stages).run()
+            results = Pipeline(effective, out, stages).run()
         from prefero.demo.report import build_report, print_summary, write_demo_report
 
         # the whole demo's time: stages an earlier (interrupted) run finished count at their recorded times
@@ -147,6 +176,12 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
         write_demo_report(out, report)
     print_summary(report, out)
     return report
+
+
+def _import_libraries() -> None:
+    """What a worker process of the demo imports before its first stage."""
+    import prefero.generate  # noqa: F401
+    import prefero.train  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -191,7 +226,7 @@ def _claim(out: Path, cfg: DemoConfig, runner: Runner, settings: dict) -> None:
 class Pipeline:
     """The stages in order; each returns JSON-able numbers the report is built from."""
 
-    def __init__(self, cfg: DemoConfig, out: Path, stages: Stages):
+    def __init__(self, cfg: DemoConfig, out: Path, stages: Stages | None = None):
         self.cfg, self.out, self.stages = cfg, out, stages
         self.data = out / "data"
 
@@ -200,54 +235,62 @@ class Pipeline:
     def run(self) -> dict:
         cfg, s = self.cfg, self.stages
         results: dict = {"methods": {}, "models": {"sft": str(self.out / "sft")}}
-        results["base"] = s.run("base", "build a tiny Llama and the task's tokenizer", self.build_base)
-        results["sft"] = s.run("sft", f"SFT from scratch ({cfg.sft.max_steps} steps)", self.train_sft)
+        results["base"] = s.run("base", "build a tiny Llama and the task's tokenizer", "build_base")
+        results["sft"] = s.run("sft", f"SFT from scratch ({cfg.sft.max_steps} steps)", "train_sft")
         split = cfg.split
-        s.run("heldout_pairs", f"held-out pairs: SFT samples of {split} prompts, judged", self.heldout_pairs)
+        s.run("heldout_pairs", f"held-out pairs: SFT samples of {split} prompts, judged", "heldout_pairs")
         # SPPO's first iteration samples the SFT model and judges the samples; DPO and SimPO
         # train on best-vs-worst pairs of those same judged samples
         results["methods"]["sppo_1"] = s.run(
-            "sppo_1", f"SPPO 1: sample SFT ({cfg.num_samples} x {cfg.rounds} per prompt), judge, train",
-            lambda: self.sppo(1))
-        results["labels"] = s.run("pairs", "pairs: best vs worst of those judged samples", self.label_pairs)
-        pairs = str(self.data / "pairs.jsonl")
-        results["methods"]["dpo"] = s.run("dpo", f"DPO (β {cfg.dpo.beta:g}, {cfg.dpo.max_steps} steps)",
-                                          lambda: self.train_pair_loss("dpo", "dpo", cfg.dpo, pairs))
-        results["methods"]["simpo"] = s.run(
-            "simpo", f"SimPO (β {cfg.simpo.beta:g}, ε {cfg.simpo.label_smoothing:g}, {cfg.simpo.max_steps} steps)",
-            lambda: self.train_pair_loss("simpo", "simpo", cfg.simpo, pairs))
-        if cfg.simpo.ablation:
-            results["methods"]["simpo_summed"] = s.run(
-                "simpo_summed", "SimPO on summed log-probs (the ablation)",
-                lambda: self.train_pair_loss("simpo_summed", "simpo", cfg.simpo, pairs, normalize=False))
+            "sppo_1", f"SPPO 1: sample SFT ({cfg.num_samples} x {cfg.rounds} per prompt), judge, train", "sppo", 1)
+        results["labels"] = s.run("pairs", "pairs: best vs worst of those judged samples", "label_pairs")
         if cfg.hacking_ablation:
             results["lax_labels"] = s.run("lax_pairs", "pairs by a judge blind to repetition (the ablation)",
-                                          self.label_lax_pairs)
-            results["methods"]["dpo_lax"] = s.run(
-                "dpo_lax", "DPO on those pairs (reward hacking, the ablation)",
-                lambda: self.train_pair_loss("dpo_lax", "dpo", cfg.dpo, str(self.data / "lax_pairs.jsonl")))
-        for t in range(2, cfg.sppo.iterations + 1):
-            results["methods"][f"sppo_{t}"] = s.run(
-                f"sppo_{t}", f"SPPO {t}: sample SPPO {t - 1}, judge, train", lambda t=t: self.sppo(t))
+                                          "label_lax_pairs")
+        # every training from here on reads only what is above: side by side
+        pairs = str(self.data / "pairs.jsonl")
+        trainings = [
+            ("dpo", f"DPO (β {cfg.dpo.beta:g}, {cfg.dpo.max_steps} steps)", "train_pair_loss", "dpo", "dpo", pairs),
+            ("simpo", f"SimPO (β {cfg.simpo.beta:g}, ε {cfg.simpo.label_smoothing:g}, {cfg.simpo.max_steps} steps)",
+             "train_pair_loss", "simpo", "simpo", pairs)]
+        if cfg.simpo.ablation:
+            trainings.append(("simpo_summed", "SimPO on summed log-probs (the ablation)", "train_pair_loss",
+                              "simpo_summed", "simpo", pairs, False))
+        if cfg.hacking_ablation:
+            trainings.append(("dpo_lax", "DPO on those pairs (reward hacking, the ablation)", "train_pair_loss",
+                              "dpo_lax", "dpo", str(self.data / "lax_pairs.jsonl")))
+        if cfg.sppo.iterations >= 2:
+            trainings.append(("sppo_2", "SPPO 2: sample SPPO 1, judge, train", "sppo", 2))
+        # the longest (SPPO's next iteration) first, so that the others fill the other processes meanwhile
+        ordered = sorted(trainings, key=lambda t: t[0] != "sppo_2")
+        trained = dict(zip([t[0] for t in ordered], s.side_by_side(ordered)))
+        results["methods"].update((t[0], trained[t[0]]) for t in trainings)
+        for t in range(3, cfg.sppo.iterations + 1):
+            results["methods"][f"sppo_{t}"] = s.run(f"sppo_{t}", f"SPPO {t}: sample SPPO {t - 1}, judge, train",
+                                                    "sppo", t)
         results["final_sppo"] = f"sppo_{cfg.sppo.iterations}"
         for name, method in results["methods"].items():
             results["models"][name] = method["model"]
         prompts = self.eval_prompts()
         results["split"] = {"name": split, "prompts": self.n_eval_prompts()}
         results["sft_answers"] = s.run("answer_sft", f"SFT: answer the {self.n_eval_prompts()} {split} prompts",
-                                       self.answer_sft)
-        results["sft_eval"] = s.run("eval_sft", f"SFT: likelihood ranking on the {split} pairs",
-                                    lambda: self.evaluate("sft", None, prompts))
-        for name, method in results["methods"].items():
-            method["eval"] = s.run(f"eval_{name}", f"{_label(name)} vs SFT: answer, judge both orders",
-                                   lambda name=name, method=method: self.evaluate(name, method, prompts))
+                                       "answer_sft")
         if cfg.greedy:
-            results["sft_greedy_answers"] = s.run("answer_sft_greedy", "SFT: greedy answers",
-                                                  lambda: self.answer_sft(greedy=True))
-            for name, method in results["methods"].items():
-                method["greedy_eval"] = s.run(
-                    f"eval_{name}_greedy", f"{_label(name)} vs SFT, greedy",
-                    lambda name=name, method=method: self.evaluate(name, method, prompts, greedy=True))
+            results["sft_greedy_answers"] = s.run("answer_sft_greedy", "SFT: greedy answers", "answer_sft", True)
+        # every evaluation reads only the models and SFT's answers: side by side
+        evals = [("eval_sft", f"SFT: likelihood ranking on the {split} pairs", "evaluate", "sft", None, prompts)]
+        for name, method in results["methods"].items():
+            evals.append((f"eval_{name}", f"{_label(name)} vs SFT: answer, judge both orders", "evaluate", name,
+                          method, prompts))
+            if cfg.greedy:
+                evals.append((f"eval_{name}_greedy", f"{_label(name)} vs SFT, greedy", "evaluate", name, method,
+                              prompts, True))
+        done = dict(zip([e[0] for e in evals], s.side_by_side(evals)))
+        results["sft_eval"] = done["eval_sft"]
+        for name, method in results["methods"].items():
+            method["eval"] = done[f"eval_{name}"]
+            if cfg.greedy:
+                method["greedy_eval"] = done[f"eval_{name}_greedy"]
         return results
 
     # ---------------------------------------------------------------- inputs
@@ -372,9 +415,10 @@ class Pipeline:
     def label_pairs(self) -> dict:
         return self.label(self.out / "sppo" / "iter_1" / "judged.jsonl", self.data / "pairs.jsonl")
 
-    def train_pair_loss(self, output: str, loss: str, block, data: str, normalize: bool = True) -> dict:
+    def train_pair_loss(self, output: str, loss: str, data: str, normalize: bool = True) -> dict:
         from prefero.train import train
 
+        block = getattr(self.cfg, loss)
         extra = [f"beta={block.beta}"]
         if loss == "simpo":
             extra += [f"gamma_beta_ratio={block.gamma_beta_ratio}", f"label_smoothing={block.label_smoothing}",
