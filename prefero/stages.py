@@ -211,41 +211,57 @@ class Runner:
         return self._finished(stage, value, result, time.perf_counter() - start)
 
     def run_side_by_side(self, stages: Sequence[Stage], processes: int,
-                         done: Callable[[Stage], None] = lambda stage: None) -> list:
-        """Run stages none of which reads what another writes, `processes` at a time in the
-        run's worker processes (`processes()`: spawned, so a stage must pickle: a class with
-        its settings, not a closure); returns their results in order, and calls `done(stage)` here as each is
-        recorded or skipped. Every stage is checked before any starts, so a changed one is
-        refused with nothing run. One process: one after the other, in this one."""
+                         done: Callable[[Stage], None] = lambda stage: None,
+                         after: dict[str, Sequence[str]] | None = None) -> list:
+        """Run `stages`, `processes` at a time in the run's worker processes (`processes()`:
+        spawned, so a stage must pickle: a class with its settings, not a closure); returns
+        their results in order, and calls `done(stage)` here as each is recorded or skipped.
+
+        A stage starts once the stages `after[its name]` names (among these) are finished: it
+        may read what they write, and is checked (skipped, refused, or run) only then, as it
+        would be one after the other. No stage starts after one failed; the first failure is
+        raised once the running ones end, and they are recorded. One process: in the order
+        given, in this one."""
         if processes <= 1 or len(stages) <= 1 or not self.main:
             return [(self.run(s), done(s))[0] for s in stages]
-        from concurrent.futures import as_completed
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        decided = [self._decide(s) for s in stages]
+        names = {s.name for s in stages}
+        waits = {s.name: set((after or {}).get(s.name, ())) & names for s in stages}
+        finished: set[str] = set()
         results: dict[int, Any] = {}
-        for i, (skip, value) in enumerate(decided):
-            if skip:
-                results[i] = value
-                done(stages[i])
-        todo = [i for i, (skip, _) in enumerate(decided) if not skip]
-        for i in todo:
-            self._started(stages[i], decided[i][1])
+        pending, running = list(range(len(stages))), {}
         error = None
         pool = self.processes(processes)
-        futures = {pool.submit(_timed_run, stages[i]): i for i in todo}
         try:
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    result, seconds = future.result()
-                except BaseException as e:  # the first failure is raised once the running ones end
-                    error = error or e
-                    for f in futures:
-                        f.cancel()
-                    continue
-                results[i] = self._finished(stages[i], decided[i][1], result, seconds)
-                done(stages[i])
-        except BaseException:  # interrupted here: the workers are stopped with the pool
+            while pending or running:
+                ready = [i for i in pending if not waits[stages[i].name] - finished] if error is None else []
+                decided = [(i, self._decide(stages[i])) for i in ready]  # every refusal before any starts
+                for i, (skip, value) in decided:
+                    pending.remove(i)
+                    if skip:
+                        results[i] = value
+                        finished.add(stages[i].name)
+                        done(stages[i])
+                    else:
+                        self._started(stages[i], value)
+                        running[pool.submit(_timed_run, stages[i])] = (i, value)
+                if any(skip for _, (skip, _) in decided):
+                    continue  # what a skipped stage lets start is looked at again
+                if not running:
+                    break  # nothing left that can start (after a failure)
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    i, fingerprint = running.pop(future)
+                    try:
+                        result, seconds = future.result()
+                    except BaseException as e:
+                        error = error or e
+                        continue
+                    results[i] = self._finished(stages[i], fingerprint, result, seconds)
+                    finished.add(stages[i].name)
+                    done(stages[i])
+        except BaseException:  # interrupted here, or refused: the workers are stopped with the pool
             self.close_processes()
             raise
         if error is not None:
@@ -340,3 +356,12 @@ def finished_stages(directory: str | os.PathLike) -> set[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     return {name for name, record in stages.items() if record.get("finished")}
+
+
+def finished_result(directory: str | os.PathLike, name: str) -> Any:
+    """The result the manifest of `directory` records for the finished stage `name` (for a
+    stage that reads what an earlier one returned, in another process)."""
+    record = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["stages"].get(name) or {}
+    if not record.get("finished"):
+        raise RuntimeError(f"stage {name!r} of {directory} is not finished")
+    return record["result"]

@@ -265,11 +265,39 @@ def test_stages_side_by_side_run_in_worker_processes_and_are_recorded_here(tmp_p
         runner.run_side_by_side([InProcess("d"), InProcess("c", settings={"n": 2})], processes=2)
     assert "d" not in json.loads((tmp_path / MANIFEST).read_text())["stages"]
 
-    # a failure is raised once the others end, and they are recorded finished; the failed one is not
+    # a failure is raised once the others end, and they are recorded finished; the failed one
+    # is not, and what waits for it never starts
     with Runner(tmp_path) as runner, pytest.raises(ValueError, match="e failed"):
-        runner.run_side_by_side([InProcess("d"), InProcess("e", fail=True)], processes=2)
+        runner.run_side_by_side([InProcess("d"), InProcess("e", fail=True), InProcess("f")], processes=2,
+                                after={"f": ["e"]})
     stages = json.loads((tmp_path / MANIFEST).read_text())["stages"]
-    assert stages["d"]["finished"] and not stages["e"]["finished"]
+    assert stages["d"]["finished"] and not stages["e"]["finished"] and "f" not in stages
+
+
+class Reads(Stage):
+    """Writes its name after what the stage it reads wrote (module level: it pickles)."""
+
+    def __init__(self, name, reads=None):
+        super().__init__(name, inputs=[f"{reads}.txt"] if reads else [], outputs=[f"{name}.txt"])
+        self.reads = reads
+
+    def run(self):
+        before = (self.dir / f"{self.reads}.txt").read_text() if self.reads else ""
+        (self.dir / f"{self.name}.txt").write_text(before + self.name)
+        return before + self.name
+
+
+def test_a_stage_side_by_side_starts_after_those_it_reads(tmp_path):
+    stages = [Reads("a"), Reads("b", reads="a"), Reads("c", reads="b"), Reads("x")]
+    after = {"b": ["a"], "c": ["b"]}
+    with Runner(tmp_path) as runner:
+        assert runner.run_side_by_side(stages, processes=2, after=after) == ["a", "ab", "abc", "x"]
+    (tmp_path / "a.txt").write_text("A")  # b's input changed: refused when b's turn comes, not before
+    with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"stage 'b' finished with other inputs"):
+        runner.run_side_by_side(stages, processes=2, after=after)
+    with Runner(tmp_path, overwrite=True) as runner:  # b runs again on the new a.txt, and so c after it
+        assert runner.run_side_by_side(stages, processes=2, after=after) == ["a", "Ab", "Abc", "x"]
+        assert sorted(runner.ran) == ["b", "c"] and sorted(runner.skipped) == ["a", "x"]
 
 
 def test_content_ids_follow_content_not_names(tmp_path, monkeypatch):

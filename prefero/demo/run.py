@@ -49,7 +49,7 @@ from prefero.files import atomic_write_text
 from prefero.options import ConfigError, load_config
 from prefero.outputs import check_output_dir, claim_output_dir, owner
 from prefero.stage_files import join_changes
-from prefero.stages import Runner, Stage, content_id, finished_stages
+from prefero.stages import Runner, Stage, content_id, finished_result, finished_stages
 
 #: Longest answer: 10 words and a period are 11 tokens; more is an answer that ran on.
 MAX_NEW_TOKENS = 16
@@ -125,11 +125,13 @@ class Stages:
         self._timed(stage)
         return result
 
-    def side_by_side(self, stages: list[tuple]) -> list:
-        """(name, what, method, *args) each; their results in order, a line each as it ends."""
+    def side_by_side(self, stages: list[tuple], after: dict) -> list:
+        """(name, what, method, *args) each, each starting once the stages `after[name]` are
+        finished; their results in order, a line each as it ends."""
         stages = [DemoStage(name, what, self.cfg, self.out, method, *args) for name, what, method, *args in stages]
         return self.runner.run_side_by_side(
-            stages, self.processes, done=lambda stage: (print(f"  {stage.what:<{WIDTH}} ", end=""), self._timed(stage)))
+            stages, self.processes, after=after,
+            done=lambda stage: (print(f"  {stage.what:<{WIDTH}} ", end=""), self._timed(stage)))
 
     def _timed(self, stage: DemoStage) -> None:
         self.seconds[stage.name] = self.runner.seconds(stage.name)
@@ -238,7 +240,6 @@ class Pipeline:
         results["base"] = s.run("base", "build a tiny Llama and the task's tokenizer", "build_base")
         results["sft"] = s.run("sft", f"SFT from scratch ({cfg.sft.max_steps} steps)", "train_sft")
         split = cfg.split
-        s.run("heldout_pairs", f"held-out pairs: SFT samples of {split} prompts, judged", "heldout_pairs")
         # SPPO's first iteration samples the SFT model and judges the samples; DPO and SimPO
         # train on best-vs-worst pairs of those same judged samples
         results["methods"]["sppo_1"] = s.run(
@@ -247,50 +248,53 @@ class Pipeline:
         if cfg.hacking_ablation:
             results["lax_labels"] = s.run("lax_pairs", "pairs by a judge blind to repetition (the ablation)",
                                           "label_lax_pairs")
-        # every training from here on reads only what is above: side by side
+        # from here on every stage reads only what is above it and what the stages it waits for
+        # write: side by side, each starting once those are finished
         pairs = str(self.data / "pairs.jsonl")
-        trainings = [
+        graph = [
             ("dpo", f"DPO (β {cfg.dpo.beta:g}, {cfg.dpo.max_steps} steps)", "train_pair_loss", "dpo", "dpo", pairs),
             ("simpo", f"SimPO (β {cfg.simpo.beta:g}, ε {cfg.simpo.label_smoothing:g}, {cfg.simpo.max_steps} steps)",
              "train_pair_loss", "simpo", "simpo", pairs)]
         if cfg.simpo.ablation:
-            trainings.append(("simpo_summed", "SimPO on summed log-probs (the ablation)", "train_pair_loss",
-                              "simpo_summed", "simpo", pairs, False))
+            graph.append(("simpo_summed", "SimPO on summed log-probs (the ablation)", "train_pair_loss",
+                          "simpo_summed", "simpo", pairs, False))
         if cfg.hacking_ablation:
-            trainings.append(("dpo_lax", "DPO on those pairs (reward hacking, the ablation)", "train_pair_loss",
-                              "dpo_lax", "dpo", str(self.data / "lax_pairs.jsonl")))
-        if cfg.sppo.iterations >= 2:
-            trainings.append(("sppo_2", "SPPO 2: sample SPPO 1, judge, train", "sppo", 2))
-        # the longest (SPPO's next iteration) first, so that the others fill the other processes meanwhile
-        ordered = sorted(trainings, key=lambda t: t[0] != "sppo_2")
-        trained = dict(zip([t[0] for t in ordered], s.side_by_side(ordered)))
-        results["methods"].update((t[0], trained[t[0]]) for t in trainings)
-        for t in range(3, cfg.sppo.iterations + 1):
-            results["methods"][f"sppo_{t}"] = s.run(f"sppo_{t}", f"SPPO {t}: sample SPPO {t - 1}, judge, train",
-                                                    "sppo", t)
+            graph.append(("dpo_lax", "DPO on those pairs (reward hacking, the ablation)", "train_pair_loss",
+                          "dpo_lax", "dpo", str(self.data / "lax_pairs.jsonl")))
+        after = {}
+        for t in range(2, cfg.sppo.iterations + 1):
+            # the longest stages first: the others fill the other processes meanwhile
+            graph.insert(t - 2, (f"sppo_{t}", f"SPPO {t}: sample SPPO {t - 1}, judge, train", "sppo", t))
+            after[f"sppo_{t}"] = [f"sppo_{t - 1}"]
+        methods = ["sppo_1"] + [g[0] for g in graph if not g[0].startswith("sppo_")] + \
+            [f"sppo_{t}" for t in range(2, cfg.sppo.iterations + 1)]
+        prompts = self.eval_prompts()
+        results["split"] = {"name": split, "prompts": self.n_eval_prompts()}
+        graph.append(("heldout_pairs", f"held-out pairs: SFT samples of {split} prompts, judged", "heldout_pairs"))
+        graph.append(("answer_sft", f"SFT: answer the {self.n_eval_prompts()} {split} prompts", "answer_sft"))
+        graph.append(("eval_sft", f"SFT: likelihood ranking on the {split} pairs", "evaluate", "sft", None, prompts))
+        after["eval_sft"] = ["answer_sft", "heldout_pairs"]
+        if cfg.greedy:
+            graph.append(("answer_sft_greedy", "SFT: greedy answers", "answer_sft", True))
+        for name in methods:
+            graph.append((f"eval_{name}", f"{_label(name)} vs SFT: answer, judge both orders", "evaluate_trained",
+                          name, prompts))
+            after[f"eval_{name}"] = [name, "answer_sft", "heldout_pairs"]
+            if cfg.greedy:
+                graph.append((f"eval_{name}_greedy", f"{_label(name)} vs SFT, greedy", "evaluate_trained", name,
+                              prompts, True))
+                after[f"eval_{name}_greedy"] = [name, "answer_sft_greedy"]
+        done = dict(zip([g[0] for g in graph], s.side_by_side(graph, after)))
+        results["methods"].update((name, done[name]) for name in methods[1:])
         results["final_sppo"] = f"sppo_{cfg.sppo.iterations}"
         for name, method in results["methods"].items():
             results["models"][name] = method["model"]
-        prompts = self.eval_prompts()
-        results["split"] = {"name": split, "prompts": self.n_eval_prompts()}
-        results["sft_answers"] = s.run("answer_sft", f"SFT: answer the {self.n_eval_prompts()} {split} prompts",
-                                       "answer_sft")
-        if cfg.greedy:
-            results["sft_greedy_answers"] = s.run("answer_sft_greedy", "SFT: greedy answers", "answer_sft", True)
-        # every evaluation reads only the models and SFT's answers: side by side
-        evals = [("eval_sft", f"SFT: likelihood ranking on the {split} pairs", "evaluate", "sft", None, prompts)]
-        for name, method in results["methods"].items():
-            evals.append((f"eval_{name}", f"{_label(name)} vs SFT: answer, judge both orders", "evaluate", name,
-                          method, prompts))
-            if cfg.greedy:
-                evals.append((f"eval_{name}_greedy", f"{_label(name)} vs SFT, greedy", "evaluate", name, method,
-                              prompts, True))
-        done = dict(zip([e[0] for e in evals], s.side_by_side(evals)))
-        results["sft_eval"] = done["eval_sft"]
-        for name, method in results["methods"].items():
             method["eval"] = done[f"eval_{name}"]
             if cfg.greedy:
                 method["greedy_eval"] = done[f"eval_{name}_greedy"]
+        results["sft_answers"], results["sft_eval"] = done["answer_sft"], done["eval_sft"]
+        if cfg.greedy:
+            results["sft_greedy_answers"] = done["answer_sft_greedy"]
         return results
 
     # ---------------------------------------------------------------- inputs
@@ -442,6 +446,10 @@ class Pipeline:
                                     num_completions=1, overwrite=True,
                                     **dataclasses.asdict(self.generation(greedy))))
         return {"answers": str(path)}
+
+    def evaluate_trained(self, name: str, prompts: str, greedy: bool = False) -> dict:
+        """`evaluate` of the model the stage `name` trained, as the run's manifest records it."""
+        return self.evaluate(name, finished_result(self.out, name), prompts, greedy)
 
     def evaluate(self, name: str, method: dict | None, prompts: str, greedy: bool = False) -> dict:
         """`prefero eval` of a method's model against SFT (sampled: with the held-out pairs'
