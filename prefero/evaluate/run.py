@@ -15,7 +15,8 @@ Two measurements, either or both:
 
 Files in `output_dir`: `policy_responses.jsonl` / `baseline_responses.jsonl` (from a
 model; `prefero generate` rows, with their `.report.json`), `judgments.jsonl`,
-`pairs_data_report.json`, and the report: report.json, report.md, comparisons.jsonl, plots/.
+`pairs_data_report.json`, the run's manifest `stages.json`, and the report: report.json,
+report.md, comparisons.jsonl, plots/.
 
 Resumption: generation and judging are the costly stages, and stages of output_dir's run
 (`prefero.stages`, manifest output_dir/stages.json): each writes a resumable output
