@@ -182,13 +182,27 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
 
 
 
+def row_tokens(model) -> int | None:
+    """Tokens per packed row for `model`'s attention (`batching.pack_groups`): None (the
+    whole batch in one row) for FlexAttention, whose block mask skips the blocks other
+    groups would cost. A dense mask (SDPA, eager) costs each row its length squared: one
+    row of a whole batch's T tokens spends ~T/(6.5·hidden) of the layers' linear work on
+    attention (T = 1,000 at hidden 128: more than the layers themselves). Rows of half the
+    hidden size keep that under 8%, for a few pad tokens per row."""
+    config = unwrap_causal_lm(model).config
+    hidden = getattr(config, "hidden_size", None)
+    if getattr(config, "_attn_implementation", None) == "flex_attention" or not hidden:
+        return None
+    return max(1, hidden // 2)
+
+
 def completion_hidden(model, batch) -> Tensor:
-    """The backbone's last hidden states ([T, H]) over a packed row, with the mask its
-    attention implementation reads."""
+    """The backbone's last hidden states over a packed batch, its rows end to end
+    ([R·W, H]), with the mask its attention implementation reads."""
     lm = unwrap_causal_lm(model)
     config = lm.config
     mask = packed_attention_mask(batch, config, getattr(config, "_attn_implementation", "sdpa") or "sdpa",
                                  model_dtype(lm))
     backbone = getattr(lm, lm.base_model_prefix)
     return backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                    attention_mask=mask, use_cache=False).last_hidden_state[0]
+                    attention_mask=mask, use_cache=False).last_hidden_state.flatten(0, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefero.attention import unwrap_causal_lm
+from prefero.attention import row_tokens, unwrap_causal_lm
 from prefero.batching import pack_groups
 from prefero.logprobs import CompletionLogProbs, padded_completion_logps
 from prefero.options import ConfigError
@@ -34,7 +34,7 @@ def check_untested_family(model, pad_id: int = 0) -> str | None:
     lm.eval()
     try:
         with torch.no_grad():
-            packed, _ = CompletionLogProbs(lm)(pack_groups(groups).to(device))
+            packed, _ = CompletionLogProbs(lm)(pack_groups(groups, row_tokens(lm)).to(device))
             plain = padded_completion_logps(lm, [p for p, cs in groups for _ in cs],
                                             [c for _, cs in groups for c in cs], pad_id=pad_id)
     finally:

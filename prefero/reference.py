@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from prefero.attention import row_tokens
 from prefero.batching import pack_groups
 from prefero.files import atomic_path
 from prefero.logprobs import CompletionLogProbs
 
-ENGINE_VERSION = "2"  # bump when the log-prob computation changes numerically
+ENGINE_VERSION = "3"  # bump when the log-prob computation changes numerically
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def precompute_logps(model, groups: list, batch_groups: int, chunk_size: int, de
     out = torch.empty(len(groups), width, dtype=torch.float32)
     for s in range(0, len(groups), batch_groups):
         chunk = groups[s : s + batch_groups]
-        sums, _ = engine(pack_groups(chunk).to(device))
+        sums, _ = engine(pack_groups(chunk, row_tokens(model)).to(device))
         out[s : s + len(chunk)] = sums.view(len(chunk), width).float().cpu()
     return out
 

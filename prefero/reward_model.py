@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prefero.attention import row_tokens
 from prefero.batching import PackedBatch, pack_groups, pair_groups
 from prefero.config import LoopConfig, LoraConfig
 from prefero.data import DataError, DataReport, load_pairs
@@ -178,8 +179,8 @@ class RewardTrainer(Loop):
 
     def group_scores(self, groups: list) -> Tensor:
         """The head's score of every completion of `groups`, one prefix-shared packed forward."""
-        batch = pack_groups(groups).to(self.device)
-        index = torch.tensor(score_index(groups, self.pad_id), device=self.device)
+        batch = pack_groups(groups, row_tokens(self.model)).to(self.device)
+        index = torch.tensor(score_index(groups, self.pad_id, batch.group_starts), device=self.device)
         with self.autocast():
             return self.engine(batch, index)
 

@@ -101,12 +101,14 @@ def _check_sequence_classifier(name: str, trust_remote_code: bool, key: str) -> 
                           "with type: llm")
 
 
-def score_index(groups: Sequence, pad_id: int | None) -> list[int]:
-    """Index, in `pack_groups(groups)`'s row, of the token each completion is scored at:
-    the rightmost token of [prompt | completion] that is not `pad_id` (HF's pooling rule,
+def score_index(groups: Sequence, pad_id: int | None, starts: Sequence[int] = ()) -> list[int]:
+    """Index, in the packed batch of `groups` whose groups start at `starts` (its
+    `group_starts`; default: one row), of the token each completion is scored at: the
+    rightmost token of [prompt | completion] that is not `pad_id` (HF's pooling rule,
     including its 0 when every token is pad)."""
     out, start = [], 0
-    for prompt, completions in groups:
+    for g, (prompt, completions) in enumerate(groups):
+        start = starts[g] if starts else start
         offset = start + len(prompt)
         for c in completions:
             seq = list(prompt) + list(c)

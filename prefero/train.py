@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from prefero.attention import row_tokens
 from prefero.batching import pack_groups
 from prefero.config import TrainConfig
 from prefero.data import DataReport, load_examples, load_pairs
@@ -171,6 +172,7 @@ class Trainer(Loop):
             lm = unwrap_causal_lm(model)
             getattr(lm, lm.base_model_prefix).compile(dynamic=True)
         self.model = model
+        self.row_tokens = row_tokens(model)
         engine = CompletionLogProbs(model, cfg.logprob_chunk_size)
         self._prepare(engine, [p for p in model.parameters() if p.requires_grad])
 
@@ -240,7 +242,7 @@ class Trainer(Loop):
         groups = [ds.groups[i] for i in idx]
         if self.spec.data == "unpaired":
             groups = [(p, cs + ds.groups[j][1]) for (p, cs), j in zip(groups, kl_partners(idx))]
-        batch = pack_groups(groups).to(self.device)
+        batch = pack_groups(groups, self.row_tokens).to(self.device)
         with self.autocast():
             sums, _ = self.engine(batch)
         stats, _ = loss_stats(self.spec, ds, idx, sums, batch.lengths, self.device, scope)

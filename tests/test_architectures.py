@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from jsonl_files import rel_err
-from prefero.attention import choose_attention, disable_dropout
+from prefero.attention import choose_attention, disable_dropout, row_tokens
 from prefero.batching import pack_groups
 from prefero.config import LoraConfig, load_config
 from prefero.demo import asset
@@ -78,7 +78,11 @@ def test_engine_equals_padded_forward(tiny_tokenizer, family, implementation):
     layouts = {
         "prefix-shared": pack_groups(groups),
         "packed, unshared": pack_groups([(p, [c]) for p, c in zip(prompts, completions)]),
+        # what the engine runs under a dense mask: short rows, padded (row_tokens)
+        "rows of 16 tokens": pack_groups(groups, row_tokens=16),
+        "the model's rows": pack_groups(groups, row_tokens=row_tokens(model)),
     }
+    assert pack_groups(groups, row_tokens=16).input_ids.shape[0] > 1
     # A gradient that is exactly zero in exact arithmetic (a key bias: it adds the same
     # amount to every score a query sees, which softmax ignores) is pure rounding noise,
     # so each tensor is held to its own scale floored at 1% of the largest gradient.
@@ -104,6 +108,7 @@ def test_flex_block_mask_forward_equals_padded(tiny_tokenizer, family):
     groups = random_groups(seed=4)
     prompts = [p for p, cs in groups for _ in cs]
     completions = [c for _, cs in groups for c in cs]
+    assert row_tokens(model) is None  # FlexAttention runs the whole batch in one row
     with torch.no_grad():
         sums, _ = CompletionLogProbs(model)(pack_groups(groups))
         model.set_attn_implementation("eager")

@@ -73,6 +73,39 @@ def test_layout_positions_and_sources():
     assert not m[5, 4] and m[6, 5]  # groups do not see each other
 
 
+def test_rows_layout_keeps_groups_whole_and_sequences_in_order():
+    groups = [([1, 2], [[3, 4], [5]]), ([6], [[7]]), ([8, 9, 10], [[11]])]  # 5, 2 and 4 tokens
+    b = pack_groups(groups, row_tokens=6)
+    # first fit by decreasing size: [group 0 | pad], [group 2 | group 1]
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 10, 11]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2, 0], [0, 1, 0, 1, 2, 3]]
+    assert b.group_starts == (0, 6, 8)
+    # sequences keep the groups' order (0: 3 4, 1: 5, 2: 7, 3: 11), indices run over the rows end to end
+    assert b.targets.tolist() == [3, 4, 5, 7, 11]
+    assert b.source_index.tolist() == [1, 2, 1, 6, 10]
+    assert b.lengths.tolist() == [2, 1, 1, 1] and b.num_tokens == 11
+    m = b.dense_mask()
+    assert m.shape == (2, 1, 6, 6)
+    assert m[0, 0, 5].tolist() == [False] * 5 + [True]  # padding sees only itself
+    assert not m[1, 0, 2, 1] and m[1, 0, 3, 2]  # group 2 does not see group 1
+    # a group longer than row_tokens gets a row of its own; None keeps one row
+    assert pack_groups(groups, row_tokens=3).input_ids.shape == (3, 5)
+    assert pack_groups(groups).input_ids.shape == (1, 11)
+
+
+def test_rows_layout_equals_one_row_with_gradients(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, seed=11)
+    groups = random_groups(seed=12, n_groups=6)
+    engine = CompletionLogProbs(model, chunk_size=7)
+    one, _ = engine(pack_groups(groups))
+    rows, _ = engine(pack_groups(groups, row_tokens=20))
+    assert rel_err(rows, one) < 1e-5
+    params = list(model.parameters())
+    w = torch.arange(1.0, one.numel() + 1)
+    for a, b in zip(torch.autograd.grad((rows * w).sum(), params), torch.autograd.grad((one * w).sum(), params)):
+        assert rel_err(a, b) < 1e-5
+
+
 @pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (False, 5.0)])
 def test_token_logprobs_matches_full_logits(bias, softcap):
     torch.manual_seed(0)

@@ -86,8 +86,12 @@ def test_packed_scores_equal_hf_padded_forward(arch, pad_is_eos, tiny_model_dir,
         plain = padded_scores(model, groups, pad_id)
         one_prompt = score(model, tok, *groups[0][:1], groups[0][1] + groups[1][1])  # K=4 under one prompt
         plain_one = padded_scores(model, [(groups[0][0], groups[0][1] + groups[1][1])], pad_id)
+        rows = pack_groups(groups, row_tokens=40)  # short rows, as the trainer runs under a dense mask
+        in_rows = sequence_scores(model, rows, torch.tensor(score_index(groups, pad_id, rows.group_starts)))
+    assert rows.input_ids.shape[0] > 1
     assert packed.shape == plain.shape == (14,)
     assert rel_err(packed, plain) < 1e-5
+    assert rel_err(in_rows, plain) < 1e-5
     assert rel_err(one_prompt, plain_one) < 1e-5
     scored = batch.input_ids[0, index]
     if pad_is_eos:  # pools the last token before the trailing EOS
