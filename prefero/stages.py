@@ -221,13 +221,19 @@ class Runner:
         may read what they write, and is checked (skipped, refused, or run) only then, as it
         would be one after the other. No stage starts after one failed; the first failure is
         raised once the running ones end, and they are recorded. One process: in the order
-        given, in this one."""
+        given, in this one, so a stage must come after every stage it waits for (checked)."""
+        names = {s.name for s in stages}
+        waits = {s.name: set((after or {}).get(s.name, ())) & names for s in stages}
+        earlier: set[str] = set()
+        for s in stages:
+            if waits[s.name] - earlier:
+                raise ValueError(f"stage {s.name!r} is listed before {', '.join(sorted(waits[s.name] - earlier))}, "
+                                 "which it waits for")
+            earlier.add(s.name)
         if processes <= 1 or len(stages) <= 1 or not self.main:
             return [(self.run(s), done(s))[0] for s in stages]
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        names = {s.name for s in stages}
-        waits = {s.name: set((after or {}).get(s.name, ())) & names for s in stages}
         finished: set[str] = set()
         results: dict[int, Any] = {}
         pending, running = list(range(len(stages))), {}

@@ -300,6 +300,15 @@ def test_a_stage_side_by_side_starts_after_those_it_reads(tmp_path):
         assert sorted(runner.ran) == ["b", "c"] and sorted(runner.skipped) == ["a", "x"]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stage_listed_before_one_it_waits_for_is_refused(tmp_path, processes):
+    """One process runs the list in order, so the order must honour every wait (with any
+    count, so a graph that runs on 2 processes runs on 1 alike)."""
+    with Runner(tmp_path) as runner, pytest.raises(ValueError, match="stage 'b' is listed before a, which it waits"):
+        runner.run_side_by_side([Reads("b", reads="a"), Reads("a")], processes=processes, after={"b": ["a"]})
+    assert not (tmp_path / "a.txt").exists()  # refused before any stage ran
+
+
 def test_content_ids_follow_content_not_names(tmp_path, monkeypatch):
     import hashlib
 

@@ -129,16 +129,18 @@ def train_config(cfg: SelfPlayConfig, n: int) -> TrainConfig:
 # --------------------------------------------------------------------------- running a stage
 
 
-def stage(name: str, work: Callable[[], object], stage_cfg, reads: list) -> Stage:
+def stage(name: str, work: Callable[[Stage], object], stage_cfg, reads: list) -> Stage:
     """A stage for the run's manifest: its fingerprint is its own config (`stage_cfg`, less
-    the keys that say how to resume) and the content of what it reads."""
+    the keys that say how to resume) and the content of what it reads. `work` is given the
+    stage (its `resuming` says whether the files it finds are its own)."""
     settings = {k: v for k, v in to_dict(stage_cfg).items() if k not in ("resume", "overwrite")}
 
     def run() -> None:
-        work()
+        work(this)
         _free_memory()
 
-    return Stage(name, run, inputs=[p for p in reads if p], settings=settings)
+    this = Stage(name, run, inputs=[p for p in reads if p], settings=settings)
+    return this
 
 
 def _free_memory() -> None:
@@ -150,26 +152,27 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _resumable(stage: Callable, stage_cfg) -> None:
-    """Run a pipeline stage (generate, judge, label) unless its output and report are both
-    there; the stage itself resumes its partial rows, or writes the report a kill between
-    its two writes left missing without redoing the work."""
-    if report_path(stage_cfg.output).exists() and Path(stage_cfg.output).exists():
+def _resumable(this: Stage, step: Callable, step_cfg) -> None:
+    """Run a pipeline step (generate, judge, label) unless this stage is resuming (a kill
+    left it unrecorded, same fingerprint) and its output and report are both there; the
+    step itself resumes its partial rows, or writes the report a kill between its two
+    writes left missing without redoing the work."""
+    if this.resuming and report_path(step_cfg.output).exists() and Path(step_cfg.output).exists():
         return
-    stage(stage_cfg)
+    step(step_cfg)
 
 
-def _generate(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -> None:
+def _generate(this: Stage, cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -> None:
     prompts = iteration_dir(cfg, n) / "prompts.jsonl"
     if not prompts.exists():  # written atomically, the same bytes every time
         write_jsonl_atomic(prompts, [{"prompt": pool[i].text, "pool_index": i} for i in indices])
-    _resumable(run_generate, generate_config(cfg, n))
+    _resumable(this, run_generate, generate_config(cfg, n))
 
 
-def _label(cfg: SelfPlayConfig, n: int) -> None:
+def _label(this: Stage, cfg: SelfPlayConfig, n: int) -> None:
     lcfg = label_config(cfg, n)
     try:
-        _resumable(run_label, lcfg)
+        _resumable(this, run_label, lcfg)
     except DataError:
         if not report_path(lcfg.output).exists():
             raise
@@ -213,18 +216,19 @@ def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: r
     baseline = baseline_config(cfg) if cfg.eval_prompts else None
     judging = judge_config(cfg, n)
     stages = [
-        stage(f"iter_{n}/generate", lambda: _generate(cfg, n, pool, indices), generate_config(cfg, n), [start]),
-        stage(f"iter_{n}/judge", lambda: _resumable(run_judge, judging), judging, [d / "generated.jsonl"]),
-        stage(f"iter_{n}/label", lambda: _label(cfg, n), label_config(cfg, n), [d / "judged.jsonl"]),
+        stage(f"iter_{n}/generate", lambda this: _generate(this, cfg, n, pool, indices), generate_config(cfg, n),
+              [start]),
+        stage(f"iter_{n}/judge", lambda this: _resumable(this, run_judge, judging), judging, [d / "generated.jsonl"]),
+        stage(f"iter_{n}/label", lambda this: _label(this, cfg, n), label_config(cfg, n), [d / "judged.jsonl"]),
         # the trainer's config is made again when it runs: `resume` follows what is on disk then
-        stage(f"iter_{n}/train", lambda: train(train_config(cfg, n)), train_config(cfg, n),
+        stage(f"iter_{n}/train", lambda this: train(train_config(cfg, n)), train_config(cfg, n),
               [d / "pairs.jsonl", start]),
     ]
     if "eval" in stage_names(cfg):
         stages += [
             # π_0's answers, once for every iteration (then skipped: finished, same fingerprint)
-            stage("baseline/generate", lambda: _resumable(run_generate, baseline), baseline, [cfg.model]),
-            stage(f"iter_{n}/eval", lambda: _evaluate(cfg, n), eval_config(cfg, n), [d / "model"]),
+            stage("baseline/generate", lambda this: _resumable(this, run_generate, baseline), baseline, [cfg.model]),
+            stage(f"iter_{n}/eval", lambda this: _evaluate(cfg, n), eval_config(cfg, n), [d / "model"]),
         ]
     return stages
 
