@@ -36,9 +36,10 @@ def precompute_logps(model, groups: list, batch_groups: int, chunk_size: int, de
     engine = CompletionLogProbs(model, chunk_size).to(device).eval()
     width = len(groups[0][1]) if groups else 0
     out = torch.empty(len(groups), width, dtype=torch.float32)
+    rows = row_tokens(model)
     for s in range(0, len(groups), batch_groups):
         chunk = groups[s : s + batch_groups]
-        sums, _ = engine(pack_groups(chunk, row_tokens(model)).to(device))
+        sums, _ = engine(pack_groups(chunk, rows).to(device))
         out[s : s + len(chunk)] = sums.view(len(chunk), width).float().cpu()
     return out
 

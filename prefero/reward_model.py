@@ -160,6 +160,7 @@ class RewardTrainer(Loop):
         self.pad_id = model.config.pad_token_id
         # SEQ_CLS also makes the new score head trainable
         self.model = apply_lora(model, cfg.lora, task_type="SEQ_CLS") if cfg.lora is not None else model
+        self.row_tokens = row_tokens(self.model)  # the layout of every batch (attention.row_tokens)
         self._prepare(RewardScorer(self.model), [p for p in self.model.parameters() if p.requires_grad])
 
     def check_lengths(self) -> None:
@@ -179,7 +180,7 @@ class RewardTrainer(Loop):
 
     def group_scores(self, groups: list) -> Tensor:
         """The head's score of every completion of `groups`, one prefix-shared packed forward."""
-        batch = pack_groups(groups, row_tokens(self.model)).to(self.device)
+        batch = pack_groups(groups, self.row_tokens).to(self.device)
         index = torch.tensor(score_index(groups, self.pad_id, batch.group_starts), device=self.device)
         with self.autocast():
             return self.engine(batch, index)
