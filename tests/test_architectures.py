@@ -305,3 +305,30 @@ def test_readme_train_command_with_default_lora(family, family_dirs, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "attention eager" in r.stdout  # the world line says what was picked
     assert (out / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefill_samples_what_generate_samples(family, family_dirs, tmp_path):
+    """K completions from one prefill per prompt (its KV cache repeated K times) are the
+    tokens `generate(num_return_sequences=K)` samples from the same seed: left padding,
+    prompts longer than the sliding window, every family's cache. The logits differ by
+    rounding only (~1e-6 here), which moves a sampled token only when the uniform draw
+    lands that close to a boundary."""
+    from prefero.generate import GenerateConfig
+    from prefero.generate.prompts import batch_seed
+    from prefero.generate.transformers_backend import TransformersSampler, left_pad
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("")
+    cfg = load_config(None, [f"model={family_dirs[family]}", f"prompts={prompts}", f"output={tmp_path / 'g.jsonl'}",
+                             "num_completions=3", "max_new_tokens=6", "seed=4", "temperature=1.0"],
+                      cls=GenerateConfig)
+    sampler = TransformersSampler(cfg)
+    input_ids, mask = left_pad([[5, 17, 30, 41, 52, 63, 74, 85, 96], [7, 8, 9]], sampler.pad_id)
+    shared = sampler.generate_ids(input_ids, mask, batch=2)
+    torch.manual_seed(batch_seed(4, 2))
+    with torch.inference_mode():
+        plain = sampler.model.generate(input_ids=input_ids, attention_mask=mask,
+                                       generation_config=sampler.generation_config)[:, input_ids.shape[1]:]
+    assert shared.shape[0] == 6
+    assert torch.equal(shared, plain)

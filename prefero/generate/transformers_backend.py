@@ -5,9 +5,17 @@ batch is always the same prompts in the same order, so a batch's completions dep
 nothing but the config: not on which process runs it, nor on whether the run was
 resumed. (Sampling in a batch consumes one RNG stream for all its rows, so a prompt's
 completions do depend on its batch-mates: batch_size is part of the config.)
+
+K completions of a prompt share its prefill (`shared_prefill`): the prompts but their last
+token run once through the decoder and their KV cache is repeated K times, where
+`generate(num_return_sequences=K)` would run each prompt K times. Generation then starts
+from each prompt's last token, as it would after its own prefill; the logits differ only by
+float rounding (the same attention over a cache instead of inside one causal pass).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -53,6 +61,8 @@ class TransformersSampler:
         self.eos_ids = stop_token_ids(self.tokenizer, self.model.generation_config, turn_end)
         self.pad_id = self.tokenizer.pad_token_id
         self.generation_config = generation_config(cfg, self.eos_ids, self.pad_id)
+        self.one_each = copy.deepcopy(self.generation_config)  # after a shared prefill: one sequence per row
+        self.one_each.num_return_sequences = 1
         # generate() merges the model's generation_config.json into every call and warns when
         # its min_length meets our min_new_tokens; ours already says everything
         self.model.generation_config = self.generation_config
@@ -71,14 +81,7 @@ class TransformersSampler:
         texts = [model_prompt(p, self.templated, self.cfg.prompt_column) for p in prompts]
         ids = [self.encode(p) for p in prompts]
         input_ids, attention_mask = left_pad(ids, self.pad_id)
-        torch.manual_seed(batch_seed(self.cfg.seed, batch))  # seeds CUDA too
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                generation_config=self.generation_config,
-            )
-        generated = out[:, input_ids.shape[1]:].tolist()  # the prompt columns are the same width for all rows
+        generated = self.generate_ids(input_ids, attention_mask, batch).tolist()
         k = self.cfg.num_completions
         samples = []
         for i, text in enumerate(texts):
@@ -91,8 +94,40 @@ class TransformersSampler:
             ))
         return samples
 
+    def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch: int) -> torch.Tensor:
+        """The new tokens of batch `batch`'s left-padded prompts, K rows per prompt in order."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        k = self.cfg.num_completions
+        with torch.inference_mode():
+            if k > 1 and input_ids.shape[1] > 1:
+                inputs, config = shared_prefill(self.model, input_ids, attention_mask, k), self.one_each
+            else:
+                inputs, config = {"input_ids": input_ids, "attention_mask": attention_mask}, self.generation_config
+            torch.manual_seed(batch_seed(self.cfg.seed, batch))  # seeds CUDA too
+            out = self.model.generate(**inputs, generation_config=config)
+        return out[:, input_ids.shape[1]:].cpu()  # the prompt columns are the same width for all rows
+
     def close(self) -> None:
         self.model = None
+
+
+def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict:
+    """`generate` inputs for K completions of each left-padded prompt whose prefill is run once:
+    the rows repeated K times (row i's copies together, as num_return_sequences=K orders them)
+    and a KV cache of all but each prompt's last token, computed once per prompt and repeated.
+    Positions count real tokens only, as generate derives them from the attention mask; the
+    decoder alone runs (no logits over the vocabulary for the prefix)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    # transformers 5 renamed `past_key_values` (argument and output) to `cache`
+    name = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+    prefix = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                              position_ids=positions[:, :-1], use_cache=True)
+    cache = getattr(prefix, name)
+    cache.batch_repeat_interleave(k)
+    return {"input_ids": input_ids.repeat_interleave(k, 0), "attention_mask": attention_mask.repeat_interleave(k, 0),
+            name: cache}
 
 
 def generation_config(cfg: GenerateConfig, eos_ids: list[int], pad_id: int):
