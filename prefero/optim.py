@@ -18,6 +18,14 @@ def make_optimizer(cfg, params: list, fused: bool = False) -> torch.optim.Optimi
                              **({"fused": True} if fused else {}))
 
 
+def fused_adam(device: torch.device) -> bool:
+    """Whether torch has a fused AdamW for `device`: CUDA, and CPU from torch 2.4."""
+    if device.type == "cuda":
+        return True
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return device.type == "cpu" and (major, minor) >= (2, 4)
+
+
 def make_scheduler(cfg, optimizer, total_steps: int):
     """Linear warmup, then cosine, linear or constant."""
     from transformers import get_scheduler

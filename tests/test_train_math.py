@@ -13,7 +13,7 @@ from prefero.config import load_config
 from prefero.demo import asset
 from prefero.loop import step_order
 from prefero.losses import PairStats, cpo, orpo, sft
-from prefero.optim import make_optimizer
+from prefero.optim import fused_adam, make_optimizer
 from prefero.train import Trainer, kl_partners
 
 EPS = torch.finfo(torch.float32).eps
@@ -150,6 +150,26 @@ def test_weight_decay_spares_biases_and_norms(tiny_model_dir, tmp_path):
     for n, p in trainer.model.named_parameters():
         expected = before[n] * (1 - 1e-2 * 0.1) if p.ndim >= 2 else before[n]
         torch.testing.assert_close(p.detach(), expected, rtol=2 * EPS, atol=0)
+
+
+def test_adamw_is_the_fused_kernel_and_steps_as_adamw(tiny_model_dir, tmp_path):
+    """On CPU (torch >= 2.4) as on CUDA the trainer's AdamW is torch's fused kernel; its
+    first step is AdamW's by hand: m̂ = g, v̂ = g², so each weight moves by
+    lr·g/(|g| + ε) after the decoupled decay."""
+    trainer = Trainer(config(tiny_model_dir, tmp_path / "fused", "weight_decay=0.1", "learning_rate=1e-2",
+                             "lr_scheduler=constant"))
+    opt = trainer.optimizer.optimizer
+    assert opt.defaults["fused"] is fused_adam(torch.device("cpu")) is True
+    g = torch.Generator().manual_seed(0)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    grads = {n: torch.randn(p.shape, generator=g) for n, p in trainer.model.named_parameters()}
+    for n, p in trainer.model.named_parameters():
+        p.grad = grads[n].clone()
+    opt.step()
+    for n, p in trainer.model.named_parameters():
+        decay = 0.1 if p.ndim >= 2 else 0.0
+        expected = before[n] * (1 - 1e-2 * decay) - 1e-2 * grads[n] / (grads[n].abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_rmsprop_trains_and_resumes_exactly(tiny_model_dir, tmp_path):
