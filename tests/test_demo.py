@@ -387,15 +387,17 @@ def test_killed_demo_resumes_at_the_unfinished_stage(tmp_path, monkeypatch):
 
 
 def test_stages_side_by_side_give_the_one_process_run(tmp_path):
-    """The demo on 2 processes (its trainings and evaluations side by side) makes the models
-    and judgments of the same demo on 1: each stage is the same computation on one torch
-    thread, whichever process runs it."""
+    """The demo on 2 processes (its trainings and evaluations side by side, one torch thread
+    each; SFT and SPPO's first iteration alone on 2 threads) makes the models and judgments of
+    the same demo on 1 process and 1 thread: each stage is the same computation whichever
+    process runs it, and these models' matrix products split between threads by rows and
+    columns, not by their sums."""
     from prefero.demo import run_demo
 
     args = ["max_steps=2", "quick=true"]
     one = run_demo(load_config(None, [f"output_dir={tmp_path / 'one'}", "processes=1", *args], cls=DemoConfig))
     two = run_demo(load_config(None, [f"output_dir={tmp_path / 'two'}", "processes=2", *args], cls=DemoConfig))
-    for name in ("dpo", "simpo", "sppo/iter_2/model", "dpo_lax"):
+    for name in ("sft", "sppo/iter_1/model", "dpo", "simpo", "sppo/iter_2/model", "dpo_lax"):
         assert (tmp_path / "two" / name / "model.safetensors").read_bytes() == \
             (tmp_path / "one" / name / "model.safetensors").read_bytes(), name
     for name in ("dpo", "simpo", "sppo_2", "dpo_lax_greedy"):

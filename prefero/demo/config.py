@@ -94,7 +94,9 @@ class DemoConfig:
     seed: int = option(0, "seed of the model's initialisation, training order and sampling", ge=0)
     processes: int = option(2, "stages that do not read each other's output (the trainings after SPPO's first "
                                "iteration, the evaluations) run side by side on this many processes, one torch "
-                               "thread each; the results are the same with any number (1 = one after the other)",
+                               "thread each, and the stages before them (SFT, SPPO's first iteration) on this "
+                               "many torch threads; the results are the same with any number (1 = one after the "
+                               "other)",
                             ge=1)
     split: str = option("test", "the prompts every reported number is measured on: test (the report's), or validation "
                             "(for tuning settings without looking at the test prompts); disjoint in (topic, N) from "

@@ -22,7 +22,8 @@ config it builds (`prefero.train.train`, `run_generate`, `run_judge`, `run_label
 After SPPO's first iteration the trainings (DPO, SimPO, the ablations, SPPO's next iteration)
 read only what is above them, and the evaluations only the models: each group runs side by
 side on `processes` worker processes (`prefero.stages.Runner.run_side_by_side`), one torch
-thread each, making the same models and numbers as one process does.
+thread each, making the same models and numbers as one process does. The stages before
+(SFT, SPPO's first iteration) run alone, on `processes` torch threads (`torch_threads`).
 
 A finished stage is recorded in `stages.json` (`prefero.stages`: with what it measured; the
 settings and task files the demo ran with are recorded there once, as the run's); with
@@ -87,17 +88,18 @@ _STAGE_OUTPUT = _Redirect()
 
 class DemoStage(Stage):
     """One of the demo's stages: a `Pipeline` method, its prints and progress bars in
-    logs/NAME.log, on one torch thread. It pickles (its settings, not a closure), so it may run
-    side by side with others in a process of its own."""
+    logs/NAME.log, on `threads` torch threads. It pickles (its settings, not a closure), so it
+    may run side by side with others in a process of its own."""
 
-    def __init__(self, name: str, what: str, cfg: DemoConfig, out: Path, method: str, *args):
+    def __init__(self, name: str, what: str, cfg: DemoConfig, out: Path, method: str, *args, threads: int = 1):
         super().__init__(name)
         self.what, self.cfg, self.out, self.method, self.args = what, cfg, out, method, args
+        self.threads = threads
 
     def run(self):
         log = self.out / "logs" / f"{self.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f), one_thread():
+        with open(log, "w", encoding="utf-8") as f, _STAGE_OUTPUT.to(f), torch_threads(self.threads):
             return getattr(Pipeline(self.cfg, self.out), self.method)(*self.args)
 
 
@@ -106,7 +108,8 @@ class Stages:
     line on the terminal each, with its time. Every stage depends on the whole config (the
     model each trains from, the data each reads), so the config is the run's (`_claim`),
     checked before any stage runs, not each stage's. Stages that do not read each other's
-    output run side by side on `processes` processes."""
+    output run side by side on `processes` processes, one torch thread each; a stage that runs
+    alone has the `processes` cores to itself, as torch threads."""
 
     def __init__(self, runner: Runner, cfg: DemoConfig, processes: int):
         self.runner, self.cfg, self.processes = runner, cfg, processes
@@ -116,7 +119,7 @@ class Stages:
 
     def run(self, name: str, what: str, method: str, *args):
         print(f"  {what:<{WIDTH}} ", end="", flush=True)
-        stage = DemoStage(name, what, self.cfg, self.out, method, *args)
+        stage = DemoStage(name, what, self.cfg, self.out, method, *args, threads=self.processes)
         result = self.runner.run(stage)
         self._timed(stage)
         return result
@@ -164,7 +167,7 @@ def run_demo(cfg: DemoConfig | str | os.PathLike = "runs/demo", steps: int | Non
         if cfg.processes > 1:
             runner.processes(cfg.processes, warm=_import_libraries)  # they import while SFT trains here
         stages = Stages(runner, effective, cfg.processes)
-        with one_thread():
+        with torch_threads(1):
             results = Pipeline(effective, out, stages).run()
         from prefero.demo.report import build_report, print_summary, write_demo_report
 
@@ -183,15 +186,19 @@ def _import_libraries() -> None:
 
 
 @contextlib.contextmanager
-def one_thread():
-    """Torch on one CPU thread while the demo runs. The model's matrices (128 wide) are too
-    small to split: measured on the 2-core machine, 20 DPO steps took 2 s on one thread and
-    54 s on two while other processes were running (the two OpenMP threads wait on each
-    other whenever either is descheduled)."""
+def torch_threads(n: int):
+    """Torch on `n` CPU threads while a stage runs. Stages side by side take one each: the
+    model's matrices (128 wide) are too small to split between processes that share the cores
+    (20 DPO steps took 2 s on one thread and 54 s on two while other processes ran: the two
+    OpenMP threads wait on each other whenever either is descheduled). A stage alone (SFT,
+    SPPO's first iteration) takes the `processes` cores: on the 2-core machine 2 threads ran
+    SFT's steps 1.3x faster and sampled 1.4x faster, and gave the same bytes as one (a GEMM
+    splits its rows and columns between threads, not the sums; the demo's 1-process == 2-process
+    test checks this)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
