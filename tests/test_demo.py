@@ -266,13 +266,13 @@ def test_the_lax_judges_win_is_a_loss_by_the_rules(tmp_path):
 # --------------------------------------------------------------------------- the demo, end to end
 
 #: The reduced demo's sampled win rates against SFT on the first 128 test prompts, measured on
-#: seeds 0 and 1 (seed 0 is this test's run): DPO 0.578 / 0.594, SimPO 0.555 / 0.512, SPPO (2nd
-#: iteration) 0.609 / 0.691. Each bound is the lowest of those less 0.13 — twice the largest
-#: seed-to-seed sd measured over this and the engine's earlier layout (SimPO's, 0.064; SPPO's is
-#: 0.058 here) — so it fails when a method collapses, not on an unlucky seed. They do not assert
-#: that every method beats SFT: at the reduced demo's steps SimPO does not reliably (a seed of the
-#: earlier layout gave 0.461).
-QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.38, "sppo": 0.48}
+#: seeds 0, 1 and 2 (seed 0 is this test's run): DPO 0.578 / 0.594 / 0.625, SimPO 0.555 / 0.508 /
+#: 0.477, SPPO (2nd iteration) 0.609 / 0.719 / 0.676. Each bound is the lowest of those less 0.13
+#: — twice the largest seed-to-seed sd measured over this and the engine's earlier layouts
+#: (SimPO's, 0.064) — so it fails when a method collapses, not on an unlucky seed. They do not
+#: assert that every method beats SFT: at the reduced demo's steps SimPO does not reliably (seed 2
+#: gave 0.477).
+QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.35, "sppo": 0.48}
 
 
 @pytest.fixture(scope="module")
