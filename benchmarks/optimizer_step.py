@@ -3,7 +3,7 @@
     python benchmarks/optimizer_step.py [--repeats 5]
 
 The parameters of two models built from a config (random weights, random gradients): the
-demo's (hidden 128, 4 layers, ~0.9M parameters) and a wider one (hidden 512, 8 layers, ~33M),
+demo's (hidden 128, 4 layers, ~0.9M parameters) and a wider one (hidden 512, 8 layers, ~36M),
 in the two groups prefero's trainer makes (weight decay on matrices only). Printed: ms per
 `optimizer.step()` of each (the fastest of `--repeats` runs of 20 steps, interleaved), the
 ratio, and the largest difference between the two's parameters after those steps (the

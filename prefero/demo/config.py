@@ -95,7 +95,7 @@ class DemoConfig:
     processes: int = option(2, "stages that do not read each other's output (the trainings after SPPO's first "
                                "iteration, the evaluations) run side by side on this many processes, one torch "
                                "thread each, and the stages before them (SFT, SPPO's first iteration) on this "
-                               "many torch threads; the results are the same with any number (1 = one after the "
+                               "many torch threads (at most the machine's cores); the results are the same with any number (1 = one after the "
                                "other)",
                             ge=1)
     split: str = option("test", "the prompts every reported number is measured on: test (the report's), or validation "

@@ -109,7 +109,7 @@ class Stages:
     model each trains from, the data each reads), so the config is the run's (`_claim`),
     checked before any stage runs, not each stage's. Stages that do not read each other's
     output run side by side on `processes` processes, one torch thread each; a stage that runs
-    alone has the `processes` cores to itself, as torch threads."""
+    alone has the `processes` cores to itself, as torch threads (no more than the machine has)."""
 
     def __init__(self, runner: Runner, cfg: DemoConfig, processes: int):
         self.runner, self.cfg, self.processes = runner, cfg, processes
@@ -119,7 +119,7 @@ class Stages:
 
     def run(self, name: str, what: str, method: str, *args):
         print(f"  {what:<{WIDTH}} ", end="", flush=True)
-        stage = DemoStage(name, what, self.cfg, self.out, method, *args, threads=self.processes)
+        stage = DemoStage(name, what, self.cfg, self.out, method, *args, threads=min(self.processes, _cores()))
         result = self.runner.run(stage)
         self._timed(stage)
         return result
@@ -183,6 +183,11 @@ def _import_libraries() -> None:
     """What a worker process of the demo imports before its first stage."""
     import prefero.generate  # noqa: F401
     import prefero.train  # noqa: F401
+
+
+def _cores() -> int:
+    """The cores this process may run on: more torch threads than that only wait on each other."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
