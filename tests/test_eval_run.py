@@ -373,6 +373,24 @@ def test_models_generate_judge_report_resume_and_reuse(tiny_model_dir, baseline_
         run_eval(eval_config(*args))
 
 
+def test_a_relative_output_dir_finishes_and_is_reused(tiny_model_dir, baseline_dir, judges, tmp_path, monkeypatch):
+    """output_dir relative to the working directory (the demo's default `runs/demo` makes
+    `runs/demo/eval/NAME`): each stage's outputs are found where it wrote them, and a rerun
+    reuses them instead of refusing a stage that 'finished without writing' its file."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p, *_ in CASES[:2]])
+    monkeypatch.chdir(tmp_path)
+    args = [f"model={tiny_model_dir}", f"baseline_model={baseline_dir}", f"prompts={prompts}",
+            "judge.type=callable", f"judge.function={judges}:longer", "generation.max_new_tokens=4",
+            "batch_size=2", "output_dir=runs/eval", "bootstrap_resamples=50"]
+    first = run_eval(eval_config(*args))
+    assert (tmp_path / "runs" / "eval" / "report.json").exists()
+    assert responses_path("runs/eval", "policy").exists() and not (tmp_path / "runs/eval/runs").exists()
+    import prefero.generate
+
+    monkeypatch.setattr(prefero.generate, "run_generate", lambda cfg: pytest.fail("responses generated again"))
+    assert run_eval(eval_config(*args, "overwrite=true"))["win_rate"] == first["win_rate"]
+
+
 def test_judging_resumes_after_a_kill_without_redoing(files, judges, tmp_path):
     prompts, policy, baseline = files
     log = Path(str(tmp_path / "judge_calls.log"))

@@ -112,7 +112,7 @@ class Judgments(Stage):
             fingerprint.update(json.dumps([prompt_key(item.prompt), *item.completions], ensure_ascii=False).encode())
         settings = {"judge": judge_identity(cfg.judge), "pointwise_preference": cfg.pointwise_rule(),
                     "prompts_and_responses_sha256": fingerprint.hexdigest()}
-        super().__init__("judgments", outputs=[self.output], settings=settings)
+        super().__init__("judgments", outputs=[JUDGMENTS], settings=settings)  # in the run directory
 
     def run(self) -> None:
         if self.resuming and self.output.exists():

@@ -154,7 +154,8 @@ class GeneratedResponses(Stage):
         self.gen, self.procs = generate_config(cfg, side, model), procs
         # the model's weight files too: a model retrained in place must not reuse old responses
         settings = {**self.gen.settings(prompts_sha256(prompts)), "model_files": model_identity(model)}
-        super().__init__(f"{side}_responses", outputs=[self.gen.output], settings=settings)
+        # outputs are the run directory's (output_dir's): its file name, not the cwd-relative path
+        super().__init__(f"{side}_responses", outputs=[Path(self.gen.output).name], settings=settings)
 
     def run(self) -> None:
         from prefero.generate import run_generate
