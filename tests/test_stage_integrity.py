@@ -30,7 +30,7 @@ from prefero.label import LabelConfig, run_label
 from prefero.options import ConfigError, load_config
 from prefero.selfplay import run as sp_run
 from prefero.selfplay.config import SelfPlayConfig
-from prefero.stages import MANIFEST, Runner, Stage
+from prefero.stages import MANIFEST, Runner, Stage, content_id
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -111,6 +111,28 @@ def test_selfplay_refuses_a_changed_prompt_pool(tmp_path):
         prepare({**inputs, "prompts_sha256": "1" * 64})
     with pytest.raises(ConfigError, match=r"\(inputs.judge: function's source changed\)"):
         prepare({**inputs, "judge": {"function_source_sha256": "2" * 64}})
+
+
+def test_selfplay_reads_its_inputs_where_they_are_under_a_relative_output_dir(tmp_path, monkeypatch,
+                                                                              tiny_model_dir):
+    # the runner reads a relative stage path in the run directory: the cwd-relative
+    # run/iter_1/generated.jsonl was looked for at run/run/iter_1/..., its content read as
+    # None, and a changed input went unnoticed on resume
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Tell me a story."}])
+    cfg = load_config(None, [f"model={tiny_model_dir}", "prompts=p.jsonl", "output_dir=run", "iterations=1",
+                             "judge.type=callable", "judge.function=m:f"], cls=SelfPlayConfig)
+    stages = {s.name: s for s in sp_run.iteration_stages(cfg, 1, pipeline_io.read_prompts("p.jsonl"), range(1))}
+    generated = write_jsonl(tmp_path / "run" / "iter_1" / "generated.jsonl", [{"prompt": "a", "completions": ["b"]}])
+
+    def read(name):  # what the runner of output_dir reads for a stage's inputs
+        return list(stages[name].fingerprint(Path(cfg.output_dir))["inputs"].values())
+
+    assert read("iter_1/judge") == [content_id(generated)]
+    assert read("iter_1/generate") == [content_id(Path(tiny_model_dir))]  # the starting model's files
+    before = read("iter_1/judge")
+    write_jsonl(generated, [{"prompt": "a", "completions": ["c"]}])
+    assert read("iter_1/judge") != before
 
 
 # --------------------------------------------------------------------------- item 7

@@ -139,7 +139,9 @@ def stage(name: str, work: Callable[[Stage], object], stage_cfg, reads: list) ->
         work(this)
         _free_memory()
 
-    this = Stage(name, run, inputs=[p for p in reads if p], settings=settings)
+    # absolute: the runner reads a relative path as one in the run directory, and these are
+    # the cwd's (a relative output_dir's iter_n/generated.jsonl would be looked for twice nested)
+    this = Stage(name, run, inputs=[os.path.abspath(p) for p in reads if p], settings=settings)
     return this
 
 
@@ -208,11 +210,15 @@ def _evaluate(cfg: SelfPlayConfig, n: int) -> None:
         run_eval(ecfg)  # resumes its own generation and judging after a kill
 
 
+def _local(model: str) -> str | None:
+    """A model folder a stage reads, or None for a hub id (its name is in the settings)."""
+    return model if os.path.isdir(model) else None
+
+
 def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: range) -> list[Stage]:
     """Iteration n's stages, in order."""
     d = iteration_dir(cfg, n)
-    start = policy_path(cfg, n - 1)
-    start = start if os.path.isdir(start) else None  # a hub id: its name is in the settings
+    start = _local(policy_path(cfg, n - 1))
     baseline = baseline_config(cfg) if cfg.eval_prompts else None
     judging = judge_config(cfg, n)
     stages = [
@@ -227,7 +233,7 @@ def iteration_stages(cfg: SelfPlayConfig, n: int, pool: list[Prompt], indices: r
     if "eval" in stage_names(cfg):
         stages += [
             # π_0's answers, once for every iteration (then skipped: finished, same fingerprint)
-            stage("baseline/generate", lambda this: _resumable(this, run_generate, baseline), baseline, [cfg.model]),
+            stage("baseline/generate", lambda this: _resumable(this, run_generate, baseline), baseline, [_local(cfg.model)]),
             stage(f"iter_{n}/eval", lambda this: _evaluate(cfg, n), eval_config(cfg, n), [d / "model"]),
         ]
     return stages
