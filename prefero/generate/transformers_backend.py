@@ -19,6 +19,7 @@ import copy
 
 import torch
 
+from prefero.batching import left_padded_positions
 from prefero.data.limits import context_limit
 from prefero.data.tokenize import Encoder
 from prefero.generate.config import GenerateConfig
@@ -119,7 +120,7 @@ def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     decoder alone runs (no logits over the vocabulary for the prefix)."""
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    positions = left_padded_positions(attention_mask)
     # transformers 5 renamed `past_key_values` (argument and output) to `cache`
     name = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
     prefix = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],

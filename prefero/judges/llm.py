@@ -29,6 +29,7 @@ from typing import Sequence
 
 import torch
 
+from prefero.batching import left_padded_positions
 from prefero.data.limits import context_limit
 from prefero.judges.base import Item, ordered, unorder
 from prefero.judges.prompts import (
@@ -107,7 +108,7 @@ def last_logprobs(model, rows: Sequence[Sequence[int]], pad_id: int, keep: int) 
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
         attn[i, width - len(r):] = 1
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    position_ids = left_padded_positions(attn)
     inputs = dict(input_ids=ids.to(device), attention_mask=attn.to(device),
                   position_ids=position_ids.to(device), use_cache=False)
     try:
