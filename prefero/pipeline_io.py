@@ -59,7 +59,7 @@ from prefero.data.options import DataOptions
 from prefero.data.read import iter_rows
 from prefero.files import atomic_write_text, fsync_dir, remove_stale_temporaries, scrub_credentials, writing
 from prefero.options import ConfigError
-from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder
+from prefero.stage_files import OutputLock, check_output_file, describe_changes, make_folder, same_settings
 
 __all__ = ["Prompt", "StageOutput", "partial_paths", "read_jsonl_rows", "read_prompts"]
 
@@ -213,7 +213,7 @@ class StageOutput:
         else:
             self._barrier()
             self.complete = (self.report is not None and not self.report.exists() and self.output.exists()
-                             and not partial_paths(self.output) and self._read_meta() == self.settings)
+                             and not partial_paths(self.output) and same_settings(self._read_meta(), self.settings))
             done = self._read_done()
         self.resumed = len(done)
         self._cut_torn_tail()
@@ -259,7 +259,7 @@ class StageOutput:
                 self.meta.unlink(missing_ok=True)
         if partials:
             old = self._read_meta()
-            if old == self.settings:
+            if same_settings(old, self.settings):
                 return  # resume
             if not self.overwrite:
                 raise ConfigError(
@@ -272,7 +272,7 @@ class StageOutput:
         elif self.output.exists():
             old = self._read_meta()
             unreported = self.report is not None and not self.report.exists()
-            if unreported and old == self.settings:
+            if unreported and same_settings(old, self.settings):
                 self.complete = True  # killed between OUTPUT and its report: only the report is left to write
                 return
             if not self.overwrite:

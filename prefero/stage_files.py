@@ -36,7 +36,7 @@ try:
 except ImportError:  # Windows: no flock; outputs are then not locked
     fcntl = None
 
-__all__ = ["OutputBusy", "OutputLock", "check_output_dir_path", "check_output_file", "changed_keys", "describe_changes",
+__all__ = ["OutputBusy", "OutputLock", "check_output_dir_path", "check_output_file", "changed_keys", "describe_changes", "same_settings",
            "make_folder", "rows_sha256"]
 
 
@@ -210,6 +210,14 @@ def changed_keys(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
     """The dotted keys whose values differ between two nested settings dicts ({"judge":
     {"model": ...}} -> "judge.model"), less those in `ignore` or under one of them."""
     return [key for key, _, _ in _changes(old, new, set(ignore))]
+
+
+def same_settings(old: dict | None, new: dict) -> bool:
+    """Whether two records of settings (a config, a stage's fingerprint) say the same, as
+    `describe_changes` reads them: a key one of them lacks and the other holds as None is
+    no change (an option added in a later version, left unset), so a refusal always names
+    what differs."""
+    return old is not None and not changed_keys(old, new)
 
 
 def _changes(old: dict, new: dict, ignore: set, prefix: str = "") -> Iterator[tuple[str, object, object]]:

@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 from prefero.files import atomic_write_json, scrub_credentials
 from prefero.options import ConfigError
-from prefero.stage_files import OutputLock, changes_in_words, join_changes
+from prefero.stage_files import OutputLock, changes_in_words, join_changes, same_settings
 
 MANIFEST = "stages.json"
 #: Files up to this size are fingerprinted by their bytes; larger ones (model weights) by their
@@ -301,17 +301,18 @@ class Runner:
             raise RuntimeError("Runner.run outside `with Runner(...)`")
         fingerprint = stage.fingerprint(self.dir)
         record = self._load().get(stage.name)
-        if record is not None and record["fingerprint"] != fingerprint and not self.overwrite:
+        if record is not None and not same_settings(record["fingerprint"], fingerprint) and not self.overwrite:
             state = "finished" if record.get("finished") else "started"
             raise ConfigError(
                 f"{self.key} {self.dir}: stage {stage.name!r} {state} with other inputs or settings "
                 f"({what_changed(record['fingerprint'], fingerprint)}); rerun with those to "
                 f"{'reuse' if record.get('finished') else 'resume'} it, or {self.redo}")
-        if record is not None and record.get("finished") and record["fingerprint"] == fingerprint \
+        if record is not None and record.get("finished") and same_settings(record["fingerprint"], fingerprint) \
                 and all(_at(self.dir, p).exists() for p in stage.outputs):
             self.skipped.append(stage.name)
             return True, record["result"]
-        stage.resuming = record is not None and not record.get("finished") and record["fingerprint"] == fingerprint
+        stage.resuming = (record is not None and not record.get("finished")
+                          and same_settings(record["fingerprint"], fingerprint))
         return False, fingerprint
 
     def _started(self, stage: Stage, fingerprint: dict) -> None:

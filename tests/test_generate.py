@@ -459,6 +459,16 @@ def test_settings_of_a_run_killed_before_its_first_row_are_replaced(tmp_path):
     assert json.loads(out.with_name("s.partial.meta.json").read_text()) == {"seed": 1}
 
 
+def test_rows_of_a_version_without_a_new_unset_option_resume_and_a_set_one_is_named(tmp_path):
+    out = tmp_path / "s.jsonl"
+    first = StageOutput(out, {"seed": 0})
+    first.start()
+    first.append([{"index": 0, "v": "a"}])
+    assert StageOutput(out, {"seed": 0, "new_option": None}).start() == {0}  # the same run: resumed
+    with pytest.raises(ConfigError, match=r"different settings \(new_option: None -> 2\)"):
+        StageOutput(out, {"seed": 0, "new_option": 2}).start()
+
+
 def test_corrupt_line_before_the_end_is_an_error(tmp_path):
     path = tmp_path / "x.partial.jsonl"
     path.write_bytes(b'{"index": 0}\nnot json\n{"index": 1}\n')

@@ -94,6 +94,20 @@ def test_a_changed_judge_is_refused_naming_what_changed(tmp_path):
     assert calls == ["count"]
 
 
+def test_an_option_added_later_and_left_unset_is_no_change_and_a_set_one_is_named(tmp_path):
+    # a run recorded by a version without `new_option`: the same settings with it at None
+    # (unset) are the same run; before, they were refused with an empty "()" for a reason
+    (tmp_path / "words.txt").write_text("wave salt tide")
+    with Runner(tmp_path) as runner:
+        runner.run(count_stage(tmp_path, max_steps=10))
+    with Runner(tmp_path) as runner:
+        assert runner.run(count_stage(tmp_path, max_steps=10, new_option=None)) == {"words": 3}
+        assert runner.skipped == ["count"]
+    with Runner(tmp_path) as runner, pytest.raises(ConfigError, match=r"\(new_option: None -> 3\)"):
+        runner.run(count_stage(tmp_path, max_steps=10, new_option=3))
+    assert calls == ["count"]
+
+
 def test_a_stage_that_fails_is_not_recorded_as_finished(tmp_path):
     (tmp_path / "words.txt").write_text("wave")
 
