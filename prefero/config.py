@@ -148,13 +148,14 @@ class TrainConfig(LoopConfig):
     label_smoothing: float | None = option(
         None, "ε: cDPO/SimPO label smoothing (default 0), rDPO flip rate (default 0.1)", ge=0, lt=0.5)
     rdpo_alpha: float | None = option(None, "length-regularized DPO α (default 0.01)", ge=0)
-    cpo_lambda: float | None = option(None, "CPO weight of the chosen NLL term (default 1.0)", ge=0)
+    cpo_lambda: float | None = option(None, "λ, weight of the chosen answer's NLL term: CPO's (default 1.0), "
+                                      "SimPO's (default 0; λ > 0 is CPO-SimPO)", ge=0)
     orpo_lambda: float | None = option(None, "ORPO weight of the odds-ratio term (default 0.1)", ge=0)
     ipo_average: bool | None = option(None, "IPO on length-averaged log-ratios (default true)")
     kto_desirable_weight: float | None = option(None, "KTO λ_D (default 1.0)", ge=0)
     kto_undesirable_weight: float | None = option(None, "KTO λ_U (default 1.0)", ge=0)
     nll_reduction: str | None = option(
-        None, "sft/cpo/orpo NLL: token (mean over the step's completion tokens, default) | sequence",
+        None, "sft/cpo/orpo/simpo NLL: token (mean over the step's completion tokens, default) | sequence",
         choices=["token", "sequence"])
     # numerics and engine
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")

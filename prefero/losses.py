@@ -143,13 +143,15 @@ def nca_pair(s: PairStats, beta: float = 0.1) -> LossOutput:
 
 def simpo(
     s: PairStats, beta: float = 2.0, gamma_beta_ratio: float = 0.5, label_smoothing: float = 0.0,
-    simpo_length_normalize: bool = True,
+    simpo_length_normalize: bool = True, cpo_lambda: float = 0.0, nll_reduction: str = "token",
 ) -> LossOutput:
     """SimPO (Meng et al. 2024, eq. 6), reference-free, length-normalised.
 
     z = β·A_θ(y_w) − β·A_θ(y_l) − γ with γ = β·(γ/β); loss = −(1−ε)·logσ(z) − ε·logσ(−z).
     `simpo_length_normalize=False` uses summed log-probs S_θ instead of A_θ (the paper's
-    ablation, which finds longer outputs without the normalisation).
+    ablation, which finds longer outputs without the normalisation). λ = `cpo_lambda` > 0
+    adds CPO's term λ·NLL(y_w) (`_nll`), which holds the chosen answers' likelihood up where
+    SimPO alone, with no reference, lets it drift (CPO-SimPO); λ = 0 is the paper's SimPO.
     """
     if simpo_length_normalize:
         aw = s.chosen_logps / s.chosen_lengths
@@ -157,7 +159,10 @@ def simpo(
     else:
         aw, al = s.chosen_logps, s.rejected_logps
     z = beta * (aw - al) - beta * gamma_beta_ratio
-    return LossOutput(_smoothed(z, label_smoothing), *_rewards(beta, aw, al))
+    loss = _smoothed(z, label_smoothing)
+    if cpo_lambda:
+        loss = loss + cpo_lambda * _nll(s, nll_reduction)
+    return LossOutput(loss, *_rewards(beta, aw, al))
 
 
 def cpo(s: PairStats, beta: float = 0.1, cpo_lambda: float = 1.0, nll_reduction: str = "token") -> LossOutput:

@@ -93,6 +93,17 @@ def test_simpo_by_hand():
     assert value("simpo", beta=0.1, simpo_length_normalize=False) == pytest.approx(-logsig(0.15), rel=1e-6)
     out = get_loss("simpo")(stats(), beta=0.1, simpo_length_normalize=False)
     assert out.chosen_rewards.item() == pytest.approx(-1.0) and out.rejected_rewards.item() == pytest.approx(-1.2)
+    # CPO-SimPO, λ = 1: + NLL(y_w) = 10/4 tokens; per sequence the same for one pair
+    assert value("simpo", cpo_lambda=1.0) == pytest.approx(3.048587 + 2.5, abs=1e-6)
+    assert value("simpo", cpo_lambda=0.5, nll_reduction="sequence") == pytest.approx(3.048587 + 1.25, abs=1e-6)
+    # over two pairs the token mean is Σ NLL / Σ |y_w| = (10 + 4) / (4 + 2), not the mean of 10/4 and 4/2
+    two = PairStats(chosen_logps=torch.tensor([-10.0, -4.0]), rejected_logps=torch.tensor([-12.0, -4.0]),
+                    chosen_lengths=torch.tensor([4.0, 2.0]), rejected_lengths=torch.tensor([8.0, 2.0]))
+    simpo_terms = -logsig(-3.0) - logsig(2 * (-2.0) - 2 * (-2.0) - 1.0)  # z = -3, then -1
+    assert get_loss("simpo")(two, cpo_lambda=1.0).loss.mean().item() == pytest.approx(
+        simpo_terms / 2 + 14 / 6, rel=1e-6)
+    assert get_loss("simpo")(two, cpo_lambda=1.0, nll_reduction="sequence").loss.mean().item() == pytest.approx(
+        simpo_terms / 2 + (10 / 4 + 4 / 2) / 2, rel=1e-6)
 
 
 def test_cpo_by_hand():
