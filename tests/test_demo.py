@@ -266,13 +266,12 @@ def test_the_lax_judges_win_is_a_loss_by_the_rules(tmp_path):
 # --------------------------------------------------------------------------- the demo, end to end
 
 #: The reduced demo's sampled win rates against SFT on the first 128 test prompts, measured on
-#: seeds 0, 1 and 2 (seed 0 is this test's run): DPO 0.578 / 0.594 / 0.625, SimPO 0.555 / 0.508 /
-#: 0.477, SPPO (2nd iteration) 0.609 / 0.719 / 0.676. Each bound is the lowest of those less 0.13
+#: seeds 0, 1 and 2 (seed 0 is this test's run): DPO 0.578 / 0.594 / 0.625, SimPO 0.621 / 0.641 /
+#: 0.602, SPPO (3rd iteration) 0.699 / 0.641 / 0.652. Each bound is the lowest of those less 0.13
 #: — twice the largest seed-to-seed sd measured over this and the engine's earlier layouts
 #: (SimPO's, 0.064) — so it fails when a method collapses, not on an unlucky seed. They do not
-#: assert that every method beats SFT: at the reduced demo's steps SimPO does not reliably (seed 2
-#: gave 0.477).
-QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.35, "sppo": 0.48}
+#: assert that every method reaches the demo's target: at the reduced demo's steps none does.
+QUICK_WIN_RATE_BOUND = {"dpo": 0.45, "simpo": 0.47, "sppo": 0.51}
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +310,7 @@ def test_quick_demo_aligns_every_method(quick_demo):
         assert m["task_accuracy"] == task_accuracy(prompts, answers).task_accuracy
         assert m["repetition_rate"] == sum(repeats_a_word(response_words(a)) for a in answers) / len(answers)
         assert m["greedy"]["task_accuracy"] == task_accuracy(*read_answers(m["greedy"]["answers"])).task_accuracy
-    assert report["methods"]["sppo"]["iteration"] == "sppo_2" and len(report["sppo_iterations"]) == 2
+    assert report["methods"]["sppo"]["iteration"] == "sppo_3" and len(report["sppo_iterations"]) == 3
     assert 0 < sft["task_accuracy"] < 0.6  # the SFT model is right only part of the time
     # the reward-hacking ablation: judged by the full rules, and by the lax judge it was trained on,
     # which calls correct every answer the full rules do and more
@@ -324,7 +323,7 @@ def test_quick_demo_saves_models_and_reports(quick_demo):
     from prefero.model import load_causal_lm, load_tokenizer
 
     out, report = quick_demo
-    for name in ("sft", "dpo", "simpo", "sppo/iter_1/model", "sppo/iter_2/model"):
+    for name in ("sft", "dpo", "simpo", "sppo/iter_1/model", "sppo/iter_2/model", "sppo/iter_3/model"):
         load_causal_lm(str(out / name))  # HF format, safetensors
         load_tokenizer(str(out / name))
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
@@ -381,7 +380,7 @@ def test_killed_demo_resumes_at_the_unfinished_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(prefero.train, "train", counted(prefero.train.train))
     monkeypatch.setattr(prefero.selfplay.run, "train", counted(prefero.selfplay.run.train))
     report = run_demo(load_config(None, args + ["resume=true"], cls=DemoConfig))
-    assert trained == ["simpo", "dpo_lax"]  # SPPO's second iteration, the longest, ran first
+    assert trained == ["simpo", "dpo_lax"]  # SPPO's later iterations, the longest, ran first
     assert (out / "dpo" / "model.safetensors").stat().st_mtime_ns == dpo_weights
     assert set(report["methods"]) == {"dpo", "simpo", "sppo"}
 
@@ -397,10 +396,10 @@ def test_stages_side_by_side_give_the_one_process_run(tmp_path):
     args = ["max_steps=2", "quick=true"]
     one = run_demo(load_config(None, [f"output_dir={tmp_path / 'one'}", "processes=1", *args], cls=DemoConfig))
     two = run_demo(load_config(None, [f"output_dir={tmp_path / 'two'}", "processes=2", *args], cls=DemoConfig))
-    for name in ("sft", "sppo/iter_1/model", "dpo", "simpo", "sppo/iter_2/model", "dpo_lax"):
+    for name in ("sft", "sppo/iter_1/model", "dpo", "simpo", "sppo/iter_2/model", "sppo/iter_3/model", "dpo_lax"):
         assert (tmp_path / "two" / name / "model.safetensors").read_bytes() == \
             (tmp_path / "one" / name / "model.safetensors").read_bytes(), name
-    for name in ("dpo", "simpo", "sppo_2", "dpo_lax_greedy"):
+    for name in ("dpo", "simpo", "sppo_3", "dpo_lax_greedy"):
         assert (tmp_path / "two" / "eval" / name / "comparisons.jsonl").read_bytes() == \
             (tmp_path / "one" / "eval" / name / "comparisons.jsonl").read_bytes(), name
     assert two["methods"] == json.loads(json.dumps(one["methods"]).replace(str(tmp_path / "one"), str(tmp_path / "two")))

@@ -54,7 +54,8 @@ class Pipeline:
         pairs = str(self.data / "pairs.jsonl")
         graph = [
             ("dpo", f"DPO (β {cfg.dpo.beta:g}, {cfg.dpo.max_steps} steps)", "train_pair_loss", "dpo", "dpo", pairs),
-            ("simpo", f"SimPO (β {cfg.simpo.beta:g}, ε {cfg.simpo.label_smoothing:g}, {cfg.simpo.max_steps} steps)",
+            ("simpo", f"SimPO (β {cfg.simpo.beta:g}, ε {cfg.simpo.label_smoothing:g}, λ {cfg.simpo.cpo_lambda:g}, "
+                      f"{cfg.simpo.max_steps} steps)",
              "train_pair_loss", "simpo", "simpo", pairs)]
         if cfg.simpo.ablation:
             graph.append(("simpo_summed", "SimPO on summed log-probs (the ablation)", "train_pair_loss",
@@ -227,6 +228,7 @@ class Pipeline:
         extra = [f"beta={block.beta}"]
         if loss == "simpo":
             extra += [f"gamma_beta_ratio={block.gamma_beta_ratio}", f"label_smoothing={block.label_smoothing}",
+                      f"cpo_lambda={block.cpo_lambda}",
                       f"simpo_length_normalize={str(normalize).lower()}"]
         cfg = self.train_config(output, loss, self.out / "sft", data, block, extra)
         history = train(cfg)
