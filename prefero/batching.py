@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 
-
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded rows, counted from each row's first real token (0 on the
     padding): what `generate` derives from the mask, so a row computes what it would alone."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
 
 @dataclass
 class PackedBatch:

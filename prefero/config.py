@@ -192,6 +192,9 @@ class TrainConfig(LoopConfig):
                 # a key the loss does not read would otherwise be dropped without a word
                 raise ConfigError(f"{key} is not a setting of loss {self.loss!r} "
                                   f"(it takes: {', '.join(takes) or 'none'})")
+        if self.loss == "simpo" and self.nll_reduction is not None and not self.cpo_lambda:
+            raise ConfigError("nll_reduction is a setting of simpo's NLL term, which cpo_lambda > 0 adds "
+                              "(cpo_lambda is 0)")
         if spec.data == "unpaired" and self.batch_size < 2:
             raise ConfigError("loss 'kto' needs batch_size >= 2: its KL estimate pairs each prompt "
                               "with another item's completion in the micro-batch")

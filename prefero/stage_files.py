@@ -216,7 +216,7 @@ def same_settings(old: dict | None, new: dict) -> bool:
     """Whether two records of settings (a config, a stage's fingerprint) say the same, as
     `describe_changes` reads them: a key one of them lacks and the other holds as None is
     no change (an option added in a later version, left unset), so a refusal always names
-    what differs."""
+    what differs. So an option added later keeps None for the behaviour before it."""
     return old is not None and not changed_keys(old, new)
 
 

@@ -41,6 +41,8 @@ BASE = ["model=m", "train_data=d.jsonl"]
     # a setting the loss does not read was dropped without a word
     (["loss=orpo", "beta=0.1"], "beta is not a setting of loss 'orpo'"),
     (["loss=dpo", "gamma_beta_ratio=0.5"], "gamma_beta_ratio is not a setting of loss 'dpo'"),
+    (["loss=simpo", "nll_reduction=sequence"], r"nll_reduction is a setting of simpo's NLL term, which cpo_lambda > 0 "
+                                                r"adds \(cpo_lambda is 0\)"),
     (["loss=kto", "batch_size=1"], "loss 'kto' needs batch_size >= 2"),
     (["max_prompt_length=600", "max_length=512"], r"max_prompt_length \(600\) must be smaller"),
     (["eval_split=train"], "eval would read the training data itself"),
@@ -57,6 +59,7 @@ def test_valid_edges_are_accepted():
                                     "weight_decay=0", "lora.r=1", "optimizer=rmsprop", "shuffle=false"])
     assert cfg.lora.r == 1 and cfg.optimizer == "rmsprop" and cfg.shuffle is False
     assert load_config(None, BASE + ["loss=cpo", "nll_reduction=sequence"]).nll_reduction == "sequence"
+    assert load_config(None, BASE + ["loss=simpo", "cpo_lambda=1", "nll_reduction=sequence"]).cpo_lambda == 1
 
 
 @dataclass

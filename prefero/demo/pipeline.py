@@ -58,7 +58,7 @@ class Pipeline:
                       f"{cfg.simpo.max_steps} steps)",
              "train_pair_loss", "simpo", "simpo", pairs)]
         if cfg.simpo.ablation:
-            graph.append(("simpo_summed", "SimPO on summed log-probs (the ablation)", "train_pair_loss",
+            graph.append(("simpo_summed", f"SimPO on summed log-probs (λ {cfg.simpo.cpo_lambda:g}, the ablation)", "train_pair_loss",
                           "simpo_summed", "simpo", pairs, False))
         if cfg.hacking_ablation:
             graph.append(("dpo_lax", "DPO on those pairs (reward hacking, the ablation)", "train_pair_loss",

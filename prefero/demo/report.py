@@ -254,7 +254,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"Every method's win rate against SFT is at least {report['win_rate_target']:.2f}, its interval "
                   f"starts above {report['ci_lower_target']:.2f}, and its task accuracy is above SFT's.", ""]
     lines += _hacking_md(report)
-    lines += _findings_md(report["simpo_findings"])
+    lines += _findings_md(report["simpo_findings"], report["hyperparameters"]["simpo"]["cpo_lambda"]["value"])
     lines += [f"## Examples (the first {split['name']} prompts, not picked)", ""]
     for k, ex in enumerate(report.get("examples", []), start=1):
         lines += [f"**{k}. {ex['prompt']}**", "", "| model | answer | judge | vs SFT |", "|---|---|---|---|"]
@@ -297,7 +297,7 @@ def _hacking_md(report: dict) -> list[str]:
             "`prefero demo --help`, hacking_ablation.)", ""]
 
 
-def _findings_md(f: dict) -> list[str]:
+def _findings_md(f: dict, cpo_lambda: float) -> list[str]:
     """The two SimPO measurements in words, with the numbers; said whichever way they fall."""
     lines = ["## The SimPO paper's findings, measured at this scale", ""]
     lr = f["likelihood_ranking_accuracy"]
@@ -321,7 +321,10 @@ def _findings_md(f: dict) -> list[str]:
                      f"{'longer' if longer else 'shorter or as long'} without it, and task accuracy "
                      f"{_pct(ln['summed_task_accuracy'])} against {_pct(ln['simpo_task_accuracy'])}, win rate "
                      f"{_pct(ln['summed_win_rate'])} against {_pct(ln['simpo_win_rate'])}. (The paper's ablation "
-                     "finds that without it SimPO's reward favours longer responses.)")
+                     "finds that without it SimPO's reward favours longer responses."
+                     + (f" Both runs here carry λ·NLL(chosen), λ = {cpo_lambda:g}, which the paper's "
+                        "runs did not." if cpo_lambda else "")
+                     + ")")
     return lines + [""]
 
 
