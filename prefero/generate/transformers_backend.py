@@ -16,6 +16,7 @@ float rounding (the same attention over a cache instead of inside one causal pas
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -118,17 +119,23 @@ def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     and a KV cache of all but each prompt's last token, computed once per prompt and repeated.
     Positions count real tokens only, as generate derives them from the attention mask; the
     decoder alone runs (no logits over the vocabulary for the prefix)."""
-    from transformers.modeling_outputs import BaseModelOutputWithPast
-
     positions = left_padded_positions(attention_mask)
-    # transformers 5 renamed `past_key_values` (argument and output) to `cache`
-    name = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+    name = _cache_field()
     prefix = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                               position_ids=positions[:, :-1], use_cache=True)
     cache = getattr(prefix, name)
     cache.batch_repeat_interleave(k)
     return {"input_ids": input_ids.repeat_interleave(k, 0), "attention_mask": attention_mask.repeat_interleave(k, 0),
             name: cache}
+
+
+@functools.cache
+def _cache_field() -> str:
+    """The KV cache's name, as argument and output: transformers 5 renamed `past_key_values` to
+    `cache` (decided once, not per batch)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def generation_config(cfg: GenerateConfig, eos_ids: list[int], pad_id: int):
