@@ -150,12 +150,14 @@ class TrainConfig(LoopConfig):
     rdpo_alpha: float | None = option(None, "length-regularized DPO α (default 0.01)", ge=0)
     cpo_lambda: float | None = option(None, "λ, weight of the chosen answer's NLL term: CPO's (default 1.0), "
                                       "SimPO's (default 0; λ > 0 is CPO-SimPO)", ge=0)
+    rpo_alpha: float | None = option(None, "α, weight of the chosen answer's NLL term in DPO (default 0; α > 0 "
+                                     "is RPO)", ge=0)
     orpo_lambda: float | None = option(None, "ORPO weight of the odds-ratio term (default 0.1)", ge=0)
     ipo_average: bool | None = option(None, "IPO on length-averaged log-ratios (default true)")
     kto_desirable_weight: float | None = option(None, "KTO λ_D (default 1.0)", ge=0)
     kto_undesirable_weight: float | None = option(None, "KTO λ_U (default 1.0)", ge=0)
     nll_reduction: str | None = option(
-        None, "sft/cpo/orpo/simpo NLL: token (mean over the step's completion tokens, default) | sequence",
+        None, "sft/cpo/orpo/simpo/dpo NLL: token (mean over the step's completion tokens, default) | sequence",
         choices=["token", "sequence"])
     # numerics and engine
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
@@ -192,9 +194,11 @@ class TrainConfig(LoopConfig):
                 # a key the loss does not read would otherwise be dropped without a word
                 raise ConfigError(f"{key} is not a setting of loss {self.loss!r} "
                                   f"(it takes: {', '.join(takes) or 'none'})")
-        if self.loss == "simpo" and self.nll_reduction is not None and not self.cpo_lambda:
-            raise ConfigError("nll_reduction is a setting of simpo's NLL term, which cpo_lambda > 0 adds "
-                              "(cpo_lambda is 0)")
+        weight = OPTIONAL_NLL.get(self.loss)
+        if weight and self.nll_reduction is not None and not getattr(self, weight):
+            # the check above reads the signature, which cannot tell a key read only when another is set
+            raise ConfigError(f"nll_reduction is a setting of {self.loss}'s NLL term, which {weight} > 0 adds "
+                              f"({weight} is 0)")
         if spec.data == "unpaired" and self.batch_size < 2:
             raise ConfigError("loss 'kto' needs batch_size >= 2: its KL estimate pairs each prompt "
                               "with another item's completion in the micro-batch")
@@ -202,8 +206,11 @@ class TrainConfig(LoopConfig):
 
 
 #: TrainConfig keys that are loss hyperparameters (passed to the loss function by name).
-LOSS_KEYS = ("beta", "gamma_beta_ratio", "simpo_length_normalize", "label_smoothing", "rdpo_alpha", "cpo_lambda", "orpo_lambda",
-             "ipo_average", "kto_desirable_weight", "kto_undesirable_weight", "nll_reduction")
+LOSS_KEYS = ("beta", "gamma_beta_ratio", "simpo_length_normalize", "label_smoothing", "rdpo_alpha", "cpo_lambda",
+             "rpo_alpha", "orpo_lambda", "ipo_average", "kto_desirable_weight", "kto_undesirable_weight",
+             "nll_reduction")
+#: Losses whose NLL term is optional, and the key that adds it (nll_reduction means nothing without it).
+OPTIONAL_NLL = {"simpo": "cpo_lambda", "dpo": "rpo_alpha"}
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=None):

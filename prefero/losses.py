@@ -82,13 +82,19 @@ def _rewards(beta: float, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Ten
     return (beta * chosen).detach(), (beta * rejected).detach()
 
 
-def dpo(s: PairStats, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
+def dpo(s: PairStats, beta: float = 0.1, label_smoothing: float = 0.0, rpo_alpha: float = 0.0,
+        nll_reduction: str = "token") -> LossOutput:
     """DPO (Rafailov et al. 2023, eq. 7); ε>0 is conservative DPO (cDPO).
 
-    loss = −(1−ε)·logσ(βh) − ε·logσ(−βh).
+    loss = −(1−ε)·logσ(βh) − ε·logσ(−βh), + α·NLL(y_w) with α = `rpo_alpha` > 0 (`_nll`):
+    RPO (Pang et al. 2024), which keeps the chosen answers likely where DPO alone may lower
+    both answers of a pair, as on-policy iterations of DPO do.
     """
     dw, dl = _ratios(s)
-    return LossOutput(_smoothed(beta * (dw - dl), label_smoothing), *_rewards(beta, dw, dl))
+    loss = _smoothed(beta * (dw - dl), label_smoothing)
+    if rpo_alpha:
+        loss = loss + rpo_alpha * _nll(s, nll_reduction)
+    return LossOutput(loss, *_rewards(beta, dw, dl))
 
 
 def robust(s: PairStats, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:

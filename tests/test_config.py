@@ -43,6 +43,8 @@ BASE = ["model=m", "train_data=d.jsonl"]
     (["loss=dpo", "gamma_beta_ratio=0.5"], "gamma_beta_ratio is not a setting of loss 'dpo'"),
     (["loss=simpo", "nll_reduction=sequence"], r"nll_reduction is a setting of simpo's NLL term, which cpo_lambda > 0 "
                                                 r"adds \(cpo_lambda is 0\)"),
+    (["loss=dpo", "nll_reduction=token"], r"nll_reduction is a setting of dpo's NLL term, which rpo_alpha > 0 adds"),
+    (["loss=simpo", "rpo_alpha=1"], "rpo_alpha is not a setting of loss 'simpo'"),
     (["loss=kto", "batch_size=1"], "loss 'kto' needs batch_size >= 2"),
     (["max_prompt_length=600", "max_length=512"], r"max_prompt_length \(600\) must be smaller"),
     (["eval_split=train"], "eval would read the training data itself"),
@@ -60,6 +62,7 @@ def test_valid_edges_are_accepted():
     assert cfg.lora.r == 1 and cfg.optimizer == "rmsprop" and cfg.shuffle is False
     assert load_config(None, BASE + ["loss=cpo", "nll_reduction=sequence"]).nll_reduction == "sequence"
     assert load_config(None, BASE + ["loss=simpo", "cpo_lambda=1", "nll_reduction=sequence"]).cpo_lambda == 1
+    assert load_config(None, BASE + ["loss=dpo", "rpo_alpha=1", "nll_reduction=sequence"]).rpo_alpha == 1
 
 
 @dataclass

@@ -42,6 +42,12 @@ def test_dpo_by_hand():
     assert value("dpo", label_smoothing=0.25) == pytest.approx(-0.75 * logsig(0.2) - 0.25 * logsig(-0.2), rel=1e-6)
     out = get_loss("dpo")(stats())
     assert out.chosen_rewards.item() == pytest.approx(0.1) and out.rejected_rewards.item() == pytest.approx(-0.1)
+    # RPO, α = 1: + NLL(y_w) = 10/4 tokens = 2.5 (0.598139 + 2.5); α = 0.5 per sequence: + 1.25
+    assert value("dpo", rpo_alpha=1.0) == pytest.approx(3.098139, abs=1e-6)
+    assert value("dpo", rpo_alpha=0.5, nll_reduction="sequence") == pytest.approx(0.598139 + 1.25, abs=1e-6)
+    # the NLL term leaves the implicit rewards alone
+    out = get_loss("dpo")(stats(), rpo_alpha=1.0)
+    assert out.chosen_rewards.item() == pytest.approx(0.1) and out.rejected_rewards.item() == pytest.approx(-0.1)
 
 
 def test_robust_by_hand():

@@ -115,7 +115,7 @@ def test_sft_step_loss_is_the_token_mean_of_the_step(tiny_model_dir, tmp_path):
     assert row["loss"] == pytest.approx(-total / tokens, rel=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["sft", "orpo", "simpo cpo_lambda=1.0"])
+@pytest.mark.parametrize("loss", ["sft", "orpo", "simpo cpo_lambda=1.0", "dpo rpo_alpha=1.0"])
 def test_token_nll_is_exact_under_accumulation(loss, tiny_model_dir, tmp_path):
     loss, *extra = loss.split()
     big = Trainer(config(tiny_model_dir, tmp_path / "big", f"loss={loss}", "max_steps=3", *extra))
